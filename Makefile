@@ -1,0 +1,44 @@
+# `make demo` and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEB_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+
+.PHONY: demo test venv sysdeps bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages: the real Fashion-MNIST files and a browser for the web tests.
+sysdeps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing"; \
+	  fi; \
+	fi
+
+demo: sysdeps venv
+	$(PY) -m convlab demo
+
+test: sysdeps venv
+	$(PY) -m pytest -q
+
+bench: venv
+	for f in bench/*.py; do $(PY) $$f; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

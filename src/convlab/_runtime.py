@@ -1,0 +1,32 @@
+"""Process-level speed settings, applied once when convlab is imported.
+
+glibc's malloc returns large freed blocks to the OS and faults them back in on the
+next batch; on this workload that page-faulting cost 1.1-3.5x (DESIGN.md). Keeping
+freed memory mapped fixes it. Set CONVLAB_NO_MALLOC_TUNING=1 to leave malloc alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_done = False
+
+
+def tune_malloc() -> bool:
+    """Stop glibc from unmapping and trimming freed memory. True when applied."""
+    global _done
+    if _done:
+        return True
+    if os.environ.get("CONVLAB_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+    _done = ok
+    return ok

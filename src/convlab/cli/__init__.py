@@ -1,0 +1,51 @@
+"""The `convlab` command line. Each area's sub-commands live in their own module,
+listed in COMMAND_MODULES; each module has `register(subparsers)`, and every
+sub-command sets `run(args) -> int`. Known errors print one line and exit non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from ..errors import ConvlabError
+
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+# The visible list of command modules (in `convlab --help` order).
+COMMAND_MODULES = ["core"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="convlab", description="Convolutional image classifiers: train, transfer, inspect, teach.")
+    parser.add_argument("--version", action="version", version=f"convlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"convlab: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `convlab` console script and `python -m convlab`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _warning_line
+    try:
+        return int(args.run(args) or 0)
+    except ConvlabError as exc:
+        print(f"convlab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("convlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,51 @@
+"""Errors convlab raises for bad input. Each message says what was wrong and what would be valid."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ConvlabError", "DatasetError", "ModelError", "CheckpointError", "ConfigError",
+    "TrainingError", "closest",
+]
+
+
+class ConvlabError(Exception):
+    """Base class: the CLI prints the message on one line and exits non-zero."""
+
+    exit_code = 2
+
+
+class DatasetError(ConvlabError):
+    """A dataset is unknown, missing, corrupt or unsuitable."""
+
+
+class ModelError(ConvlabError):
+    """A model name, its arguments or its weights are wrong."""
+
+
+class CheckpointError(ConvlabError):
+    """A run directory is missing, incomplete or does not fit the request."""
+
+
+class ConfigError(ConvlabError):
+    """Options conflict or are out of range."""
+
+
+class TrainingError(ConvlabError):
+    """Training could not go on (for example the loss became NaN)."""
+
+    exit_code = 3
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' for the nearest of `choices`, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> str:
+    """The message for an unknown name: the closest match and every valid choice."""
+    choices = sorted(choices)
+    return (f"unknown {kind} '{name}'{closest(name, choices)}; valid: {', '.join(choices)}"
+            + (f"; {hint}" if hint else ""))

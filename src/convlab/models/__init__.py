@@ -1,0 +1,6 @@
+"""Models: the registry of lecture models and (later) the torchvision/timm zoo."""
+from .registry import (MODELS, ModelSpec, count_parameters, create_model, default_preprocess,
+                       list_models, model_spec)
+
+__all__ = ["MODELS", "ModelSpec", "count_parameters", "create_model", "default_preprocess",
+           "list_models", "model_spec"]

@@ -1,0 +1,123 @@
+"""The model registry: one visible table of entries and one factory, `create_model`."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.preprocess import Preprocess
+from ..errors import ModelError, unknown
+from . import lecture
+
+__all__ = ["ModelSpec", "MODELS", "list_models", "model_spec", "create_model",
+           "default_preprocess", "count_parameters"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and what input it expects.
+
+    build(num_classes, in_chans, input_size, **kwargs) -> nn.Module. When
+    `flexible_size` is true the model is built for the data's image size (its layer
+    sizes follow from it); otherwise images are brought to `input_size` by `resize`.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+    family: str = "lecture"
+    input_size: int = 28
+    min_input_size: int = 1
+    channels: int = 1
+    flexible_size: bool = False
+    resize: str = "resize"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    load_pretrained: Callable[[nn.Module], None] | None = None
+
+
+def _lecture(cls: type[nn.Module], sized: bool = True) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Module:
+        return cls(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kw) \
+            if sized else cls(num_classes=num_classes, in_chans=in_chans, **kw)
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    ModelSpec("mnist_linear", _lecture(lecture.MnistLinear),
+              "mnist1: one linear layer, pixels -> classes", flexible_size=True),
+    ModelSpec("mnist_mlp", _lecture(lecture.MnistMLP),
+              "mnist2: 20 hidden units, BatchNorm, ReLU", flexible_size=True),
+    ModelSpec("mnist_cnn", _lecture(lecture.MnistCNN),
+              "mnist3: 32 5x5 kernels, BatchNorm, ReLU, max pool, linear",
+              flexible_size=True, min_input_size=2),
+    ModelSpec("lenet5", _lecture(lecture.LeNet5, sized=False),
+              "LeNet-5: tanh, average-pool subsampling, 32x32 input",
+              input_size=32, min_input_size=32, resize="pad"),
+    ModelSpec("small_cnn", _lecture(lecture.SmallCNN),
+              "Keras-style: 4 conv+pool blocks, dropout, dense 512-128",
+              input_size=64, min_input_size=16, channels=3, flexible_size=True),
+]}
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names, optionally of one family ('lecture', 'zoo', ...)."""
+    return [n for n, s in MODELS.items() if family is None or s.family == family]
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ModelError(unknown("model", name, MODELS, "see: convlab models"))
+    return MODELS[name]
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int | None = None,
+                 pretrained: bool = False, input_size: int | None = None, **kwargs) -> nn.Module:
+    """Build a registered model for `num_classes` classes and 1 or 3 input channels.
+
+    input_size (H = W) matters for models whose layer sizes follow from it
+    (`ModelSpec.flexible_size`); it defaults to the model's own input size.
+    """
+    spec = model_spec(name)
+    in_chans = spec.channels if in_chans is None else in_chans
+    input_size = spec.input_size if input_size is None else input_size
+    if in_chans not in (1, 3):
+        raise ModelError(f"in_chans must be 1 or 3; got {in_chans}")
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be at least 1; got {num_classes}")
+    if input_size < spec.min_input_size:
+        raise ModelError(f"model '{name}' needs input of at least {spec.min_input_size}x"
+                         f"{spec.min_input_size}; got {input_size}x{input_size}")
+    try:
+        model = spec.build(num_classes, in_chans, input_size, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"model '{name}': bad arguments {kwargs} ({exc})") from None
+    if pretrained:
+        if spec.load_pretrained is None:
+            raise ModelError(f"model '{name}' has no bundled pretrained weights; "
+                             f"pass a weights file instead")
+        spec.load_pretrained(model)
+    return model
+
+
+def default_preprocess(name: str, in_chans: int | None = None,
+                       image_size: int | None = None) -> tuple[Preprocess, int]:
+    """(preprocessing, input size) for model `name` fed images of `image_size` pixels."""
+    spec = model_spec(name)
+    in_chans = spec.channels if in_chans is None else in_chans
+    size = image_size if (spec.flexible_size and image_size) else spec.input_size
+    mean = spec.mean if len(spec.mean) in (1, in_chans) else spec.mean[:1]
+    std = spec.std if len(spec.std) in (1, in_chans) else spec.std[:1]
+    if in_chans == 1 and len(spec.mean) == 3:  # greyscale into an RGB-normalised model
+        mean, std = (sum(spec.mean) / 3,), (sum(spec.std) / 3,)
+    return Preprocess(in_chans, (size, size), spec.resize, mean=mean, std=std), size
+
+
+def count_parameters(name: str, num_classes: int = 10, in_chans: int | None = None,
+                     input_size: int | None = None) -> int:
+    """Parameters of a model, counted on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes, in_chans, input_size=input_size)
+    return sum(p.numel() for p in model.parameters())

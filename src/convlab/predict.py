@@ -1,0 +1,55 @@
+"""Predictor: class probabilities for image files or tensors, preprocessing from meta.json."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Run, load_run
+from .data import decode_image
+
+__all__ = ["Predictor", "Prediction"]
+
+
+@dataclass
+class Prediction:
+    """The top classes for one image, most probable first."""
+
+    source: str
+    labels: list[str]
+    probs: list[float]
+
+    def __str__(self) -> str:
+        return f"{self.source}: " + ", ".join(f"{l} {p:.3f}" for l, p in zip(self.labels, self.probs))
+
+
+class Predictor:
+    """Predict with a run directory. The run's meta.json says the channels, size and
+    normalisation, so callers pass raw images of any mode and size."""
+
+    def __init__(self, run: Run | str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        self.run = run if isinstance(run, Run) else load_run(run, device)
+        self.device = torch.device(device)
+        self.preprocess = self.run.preprocess
+        self.classes = self.run.classes
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, C, H, W), any size and 1/3 channels -> probabilities (N, K)."""
+        x = self.preprocess(images.to(self.device))
+        return self.run.model(x).float().softmax(1).cpu()
+
+    def load_images(self, paths: list[str | os.PathLike]) -> list[torch.Tensor]:
+        return [decode_image(p, self.preprocess.channels) for p in paths]
+
+    def predict_files(self, paths: list[str | os.PathLike], top: int = 5) -> list[Prediction]:
+        """Top-`top` classes for each image file (decoded with Pillow, any mode or size)."""
+        out = []
+        for p, img in zip(paths, self.load_images(paths)):
+            probs = self.probabilities(img[None])[0]
+            k = min(top, len(self.classes))
+            val, idx = probs.topk(k)
+            out.append(Prediction(str(Path(p)), [self.classes[i] for i in idx.tolist()], val.tolist()))
+        return out

@@ -1,0 +1,249 @@
+"""fit(): the lecture's loop (model, batches, loss criterion, optimizer) with the care
+a real run needs: progress, per-epoch checkpoints, exact resume, NaN and Ctrl-C handling.
+
+The loop announces a few named events to callbacks (on_fit_start, on_epoch_start,
+on_batch_end, on_epoch_end, on_fit_end), which is where schedules, early stopping
+and other training-craft features plug in.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import MODEL_FILE, library_versions, load_train_state, read_meta, save_run
+from ..config import TrainConfig
+from ..data import Batches, ImageSet, Preprocess
+from ..errors import CheckpointError, ConvlabError, TrainingError
+from ..progress import progress
+from .distributed import all_reduce_sum, world
+from .metrics import evaluate
+from .optim import make_loss, make_optimizer
+
+__all__ = ["fit", "EpochStats", "FitResult", "TrainState", "Callback", "TrainingInterrupted",
+           "uses_channels_last"]
+
+
+class TrainingInterrupted(ConvlabError):
+    """Ctrl-C during training; the last complete epoch is saved."""
+
+    exit_code = 130
+
+
+@dataclass
+class EpochStats:
+    """What one epoch measured; one line of metrics.jsonl."""
+
+    epoch: int
+    loss: float
+    acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def line(self, epochs: int) -> str:
+        """Keras's epoch line: 'Epoch 2/3 - loss: 0.1184 - acc: 0.9648 - ... - 4.1s'."""
+        parts = [f"Epoch {self.epoch}/{epochs}", f"loss: {self.loss:.4f}", f"acc: {self.acc:.4f}"]
+        if self.val_loss is not None:
+            parts += [f"val_loss: {self.val_loss:.4f}", f"val_acc: {self.val_acc:.4f}"]
+        parts += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+                  for k, v in self.extra.items()]
+        parts.append(f"{self.seconds:.1f}s")
+        return " - ".join(parts)
+
+
+@dataclass
+class TrainState:
+    """What callbacks see and may change (set `stop` to end training after this epoch)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    epoch: int = 0              # 1-based once training starts
+    batch: int = 0              # batch index within the epoch
+    step: int = 0               # optimizer steps so far
+    steps_per_epoch: int = 0
+    loss: torch.Tensor | None = None
+    history: list[EpochStats] = field(default_factory=list)
+    stop: bool = False
+
+
+class Callback:
+    """Base class: override the events you need."""
+
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_batch_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState, stats: EpochStats) -> None: ...
+    def on_fit_end(self, state: TrainState) -> None: ...
+
+    def state_dict(self) -> dict:
+        """Saved with each checkpoint so a resumed run continues the same way."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[EpochStats]
+    epochs_run: int
+    stopped_early: bool = False
+
+
+def uses_channels_last(model: nn.Module) -> bool:
+    """channels_last pays off for models with 2-D convolutions (1.3-1.9x here)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _emit(callbacks: Sequence[Callback], event: str, *args) -> None:
+    for cb in callbacks:
+        getattr(cb, event)(*args)
+
+
+def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
+        config: TrainConfig, preprocess: Preprocess, run_dir: str | Path | None = None,
+        meta: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
+        device: str | torch.device = "cpu", augment: Callable | None = None,
+        param_groups: list[dict] | None = None, verbose: bool = True,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train `model` on `train`, validating on `val` after each epoch.
+
+    With `run_dir`, every epoch is saved atomically (weights, meta.json with `meta`
+    merged in, optimizer and RNG state), and `resume=True` continues from the last
+    saved epoch to the same result as an uninterrupted run. Ctrl-C raises
+    TrainingInterrupted after keeping the last complete epoch; a NaN or infinite loss
+    raises TrainingError naming the epoch and batch.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, size = world()
+    main = rank == 0
+    device = torch.device(device)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    torch.manual_seed(config.seed)
+    channels_last = config.channels_last and uses_channels_last(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(param_groups if param_groups is not None else
+                               [p for p in model.parameters() if p.requires_grad], config)
+    loss_fn = make_loss(config)
+    state = TrainState(model, optimizer, config)
+    start_epoch = 0
+    if resume and run_dir is not None and (run_dir / "meta.json").exists():
+        start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
+    net = DistributedDataParallel(model) if size > 1 else model
+    batches = Batches(train, config.batch_size, preprocess, shuffle=True, seed=config.seed,
+                      device=device, augment=augment, rank=rank, world_size=size,
+                      channels_last=channels_last)
+    state.steps_per_epoch = len(batches)
+    state.step = start_epoch * len(batches)
+    base_meta = dict(meta or {})
+    base_meta.setdefault("train", config.to_dict())
+    base_meta.setdefault("preprocess", preprocess.to_dict())
+    base_meta.setdefault("classes", list(train.classes))
+    base_meta["versions"] = library_versions()
+    _emit(callbacks, "on_fit_start", state)
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            state.epoch = epoch
+            t0 = time.perf_counter()
+            net.train()
+            batches.set_epoch(epoch)
+            _emit(callbacks, "on_epoch_start", state)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            correct = torch.zeros((), dtype=torch.int64)
+            seen = 0
+            bar = progress(len(batches), f"Epoch {epoch}/{config.epochs}", "batch",
+                           enabled=verbose and main)
+            for b, (x, y) in enumerate(batches):
+                state.batch = b
+                logits = net(x)
+                loss = loss_fn(logits, y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bar.close()
+                    raise TrainingError(
+                        f"loss became {value} at epoch {epoch}, batch {b + 1}; try a lower "
+                        f"learning rate (now {optimizer.param_groups[0]['lr']:g})"
+                        + (f"; {run_dir} still holds epoch {epoch - 1}" if run_dir and epoch > 1 else ""))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                state.step += 1
+                state.loss = loss.detach()
+                loss_sum += value * len(y)
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += len(y)
+                _emit(callbacks, "on_batch_end", state)
+                bar.update(1)
+                if b % 20 == 0:
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
+                                    acc=f"{int(correct) / seen:.4f}")
+            bar.close()
+            totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                 torch.tensor(float(seen), dtype=torch.float64)]))
+            val_loss = val_acc = None
+            if val is not None and len(val):
+                r = evaluate(model, val, preprocess, device=device, channels_last=channels_last,
+                             loss_fn=loss_fn)
+                val_loss, val_acc = r.loss, r.top1
+            stats = EpochStats(epoch, float(totals[0] / totals[2]), float(totals[1] / totals[2]),
+                               val_loss, val_acc, float(optimizer.param_groups[0]["lr"]),
+                               time.perf_counter() - t0)
+            state.history.append(stats)
+            _emit(callbacks, "on_epoch_end", state, stats)
+            stats.seconds = time.perf_counter() - t0
+            if main:
+                if verbose:
+                    log(stats.line(config.epochs))
+                if run_dir is not None:
+                    _save(run_dir, model, optimizer, callbacks, state, base_meta,
+                          done=epoch == config.epochs or state.stop)
+            if state.stop:
+                break
+    except KeyboardInterrupt:
+        saved = state.history[-1].epoch if state.history else start_epoch
+        where = f"; {run_dir} holds epoch {saved} - continue with --resume" if run_dir and saved else ""
+        raise TrainingInterrupted(f"interrupted during epoch {state.epoch}{where}") from None
+    _emit(callbacks, "on_fit_end", state)
+    if main and run_dir is not None:  # callbacks may have changed the weights (best epoch)
+        _save(run_dir, model, optimizer, callbacks, state, base_meta, done=True)
+    return FitResult(state.history, len(state.history), stopped_early=state.stop)
+
+
+def _save(run_dir: Path, model, optimizer, callbacks, state: TrainState, meta: dict,
+          done: bool) -> None:
+    meta = {**meta, "metrics": [asdict(s) for s in state.history],
+            "state": {"epoch": state.epoch, "step": state.step, "complete": done}}
+    train_state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                   "callbacks": [cb.state_dict() for cb in callbacks]}
+    save_run(run_dir, model, meta, train_state)
+
+
+def _restore(run_dir: Path, model, optimizer, callbacks, state: TrainState) -> int:
+    """Load weights, optimizer, RNG and callback state; return the epoch to continue after."""
+    from safetensors.torch import load_model
+
+    meta = read_meta(run_dir)
+    saved = load_train_state(run_dir)
+    if saved is None:
+        raise CheckpointError(f"{run_dir}: no training state to resume from")
+    try:
+        load_model(model, str(run_dir / MODEL_FILE), strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{run_dir}: checkpoint does not fit this model/optimizer ({exc})") from None
+    torch.set_rng_state(saved["rng"])
+    for cb, cb_state in zip(callbacks, saved.get("callbacks", [])):
+        cb.load_state_dict(cb_state)
+    state.history = [EpochStats(**m) for m in meta.get("metrics", [])]
+    return int(meta["state"]["epoch"])

@@ -1,0 +1,130 @@
+"""train(): dataset + model name + config -> a run directory, as `convlab train` does it."""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import META_FILE, read_meta
+from ..config import TrainConfig
+from ..data import ImageSet, load_dataset
+from ..errors import CheckpointError, ConfigError, DatasetError
+from ..models import create_model, default_preprocess, model_spec
+from .distributed import is_main
+from .loop import Callback, EpochStats, fit
+from .metrics import EvalResult, evaluate
+
+__all__ = ["train", "TrainResult", "resolve_device", "prepare_data"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    history: list[EpochStats]
+    test: EvalResult | None
+    model: torch.nn.Module
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cpu' and 'cuda[:N]' as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}'; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(device)
+
+
+def prepare_data(dataset: str | os.PathLike | ImageSet, config: TrainConfig, *,
+                 channels: int | None = None, size: int | None = None,
+                 strict: bool = False) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+    """(train, validation, test) for a dataset name, a folder, or an ImageSet."""
+    if isinstance(dataset, ImageSet):
+        full, test = dataset, None
+    else:
+        full = load_dataset(dataset, "train", channels=channels, size=size, strict=strict)
+        from ..data import dataset_spec, list_datasets
+        name = os.fspath(dataset)
+        test = (load_dataset(name, "test", channels=channels, size=size)
+                if name in list_datasets() and "test" in dataset_spec(name).sizes else None)
+    counts = full.class_counts()
+    if full.num_classes < 2 or int((counts > 0).sum()) < 2:
+        raise DatasetError(f"{full.name}: training needs at least 2 classes with images; "
+                           f"found {int((counts > 0).sum())}")
+    if config.val_split > 0:
+        small = [full.classes[i] for i, c in enumerate(counts.tolist()) if 0 < c < 2]
+        if small:
+            raise DatasetError(f"{full.name}: a validation split needs at least 2 images per "
+                               f"class; too few in: {', '.join(small)} (or use --val-split 0)")
+        train_set, val_set = full.split(config.val_split, config.seed)
+    else:
+        train_set, val_set = full, None
+    return train_set, val_set, test
+
+
+def _check_resume(out: Path, model_name: str, data_name: str) -> None:
+    meta = read_meta(out)
+    if meta.get("model", {}).get("name") != model_name:
+        raise CheckpointError(f"--resume: {out} was trained with model "
+                              f"'{meta.get('model', {}).get('name')}', not '{model_name}'")
+    if meta.get("dataset", {}).get("name") != data_name:
+        raise CheckpointError(f"--resume: {out} was trained on dataset "
+                              f"'{meta.get('dataset', {}).get('name')}', not '{data_name}'")
+
+
+def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig = TrainConfig(),
+          *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+          device: str = "auto", model_kwargs: dict | None = None, channels: int | None = None,
+          image_size: int | None = None, strict: bool = False, callbacks: Sequence[Callback] = (),
+          augment: Callable | None = None, verbose: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train registered model `model` on `dataset` and evaluate on its test split.
+
+    `out` is the run directory (saved every epoch). `resume` continues it; an existing
+    run is otherwise refused unless `overwrite`.
+    """
+    spec = model_spec(model)
+    dev = resolve_device(device)
+    out = Path(out) if out is not None else None
+    if out is not None and (out / META_FILE).exists() and not resume:
+        if not overwrite:
+            raise CheckpointError(f"{out} already holds a run; pass --resume to continue it, "
+                                  f"--overwrite to replace it, or choose another --out")
+        if is_main():
+            shutil.rmtree(out)
+    train_set, val_set, test_set = prepare_data(dataset, config, channels=channels,
+                                                size=image_size, strict=strict)
+    in_chans = channels or train_set.shape[0]
+    preprocess, input_size = default_preprocess(model, in_chans, train_set.shape[1])
+    kwargs = {"num_classes": train_set.num_classes, "in_chans": in_chans,
+              **({"input_size": input_size} if spec.flexible_size else {}),
+              **(model_kwargs or {})}
+    if resume and out is not None and (out / META_FILE).exists():
+        _check_resume(out, model, train_set.name)
+    net = create_model(model, **kwargs)
+    meta = {"model": {"name": model, "kwargs": kwargs},
+            "dataset": {"name": train_set.name, "train": len(train_set),
+                        "val": len(val_set) if val_set is not None else 0,
+                        "test": len(test_set) if test_set is not None else 0}}
+    if verbose and is_main():
+        log(f"{train_set.describe()} -> train {len(train_set)}, val "
+            f"{len(val_set) if val_set is not None else 0}"
+            + (f", test {len(test_set)}" if test_set is not None else ""))
+    result = fit(net, train_set, val_set, config=config, preprocess=preprocess, run_dir=out,
+                 meta=meta, resume=resume, callbacks=callbacks, device=dev, augment=augment,
+                 verbose=verbose, log=log)
+    test_result = None
+    if test_set is not None:
+        test_result = evaluate(net, test_set, preprocess, device=dev)
+        if out is not None and is_main():
+            from ..checkpoint import save_run
+            meta = read_meta(out)
+            meta["test"] = {"top1": test_result.top1, "top5": test_result.top5,
+                            "loss": test_result.loss, "n": test_result.n}
+            save_run(out, net, meta)
+    return TrainResult(out, result.history, test_result, net)
