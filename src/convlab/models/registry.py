@@ -36,6 +36,7 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     load_pretrained: Callable[[nn.Module], None] | None = None
+    head: str = ""  # dotted path of the final classifier layer (e.g. "fc", "classifier.6")
 
 
 def _lecture(cls: type[nn.Module], sized: bool = True) -> Callable[..., nn.Module]:
@@ -47,18 +48,18 @@ def _lecture(cls: type[nn.Module], sized: bool = True) -> Callable[..., nn.Modul
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("mnist_linear", _lecture(lecture.MnistLinear),
-              "mnist1: one linear layer, pixels -> classes", flexible_size=True),
+              "mnist1: one linear layer, pixels -> classes", flexible_size=True, head="network"),
     ModelSpec("mnist_mlp", _lecture(lecture.MnistMLP),
-              "mnist2: 20 hidden units, BatchNorm, ReLU", flexible_size=True),
+              "mnist2: 20 hidden units, BatchNorm, ReLU", flexible_size=True, head="network.3"),
     ModelSpec("mnist_cnn", _lecture(lecture.MnistCNN),
               "mnist3: 32 5x5 kernels, BatchNorm, ReLU, max pool, linear",
-              flexible_size=True, min_input_size=2),
+              flexible_size=True, min_input_size=2, head="network2"),
     ModelSpec("lenet5", _lecture(lecture.LeNet5, sized=False),
               "LeNet-5: tanh, average-pool subsampling, 32x32 input",
-              input_size=32, min_input_size=32, resize="pad"),
+              input_size=32, min_input_size=32, resize="pad", head="classifier.2"),
     ModelSpec("small_cnn", _lecture(lecture.SmallCNN),
               "Keras-style: 4 conv+pool blocks, dropout, dense 512-128",
-              input_size=64, min_input_size=16, channels=3, flexible_size=True),
+              input_size=64, min_input_size=16, channels=3, flexible_size=True, head="classifier.6"),
 ]}
 
 
