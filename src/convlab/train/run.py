@@ -11,14 +11,14 @@ import torch
 
 from ..checkpoint import META_FILE, read_meta
 from ..config import TrainConfig
-from ..data import ImageSet, load_dataset
+from ..data import ImageSet, Preprocess, load_dataset
 from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models import create_model, default_preprocess, model_spec
 from .distributed import is_main
 from .loop import Callback, EpochStats, fit
 from .metrics import EvalResult, evaluate
 
-__all__ = ["train", "TrainResult", "resolve_device", "prepare_data"]
+__all__ = ["train", "TrainResult", "resolve_device", "prepare_data", "model_for_data"]
 
 
 @dataclass
@@ -67,6 +67,19 @@ def prepare_data(dataset: str | os.PathLike | ImageSet, config: TrainConfig, *,
     return train_set, val_set, test
 
 
+def model_for_data(model: str, data: ImageSet, *, channels: int | None = None,
+                   model_kwargs: dict | None = None) -> tuple[torch.nn.Module, Preprocess, dict]:
+    """(fresh model, its preprocessing, its create_model kwargs) for registered `model`
+    fed the images of `data` (classes, channels and, for size-flexible models, size)."""
+    spec = model_spec(model)
+    in_chans = channels or data.shape[0]
+    preprocess, input_size = default_preprocess(model, in_chans, data.shape[1])
+    kwargs = {"num_classes": data.num_classes, "in_chans": in_chans,
+              **({"input_size": input_size} if spec.flexible_size else {}),
+              **(model_kwargs or {})}
+    return create_model(model, **kwargs), preprocess, kwargs
+
+
 def _check_resume(out: Path, model_name: str, data_name: str) -> None:
     meta = read_meta(out)
     if meta.get("model", {}).get("name") != model_name:
@@ -88,7 +101,7 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     `out` is the run directory (saved every epoch). `resume` continues it; an existing
     run is otherwise refused unless `overwrite`.
     """
-    spec = model_spec(model)
+    model_spec(model)  # an unknown name fails before any data is loaded
     dev = resolve_device(device)
     out = Path(out) if out is not None else None
     if out is not None and (out / META_FILE).exists() and not resume:
@@ -99,14 +112,10 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
             shutil.rmtree(out)
     train_set, val_set, test_set = prepare_data(dataset, config, channels=channels,
                                                 size=image_size, strict=strict)
-    in_chans = channels or train_set.shape[0]
-    preprocess, input_size = default_preprocess(model, in_chans, train_set.shape[1])
-    kwargs = {"num_classes": train_set.num_classes, "in_chans": in_chans,
-              **({"input_size": input_size} if spec.flexible_size else {}),
-              **(model_kwargs or {})}
     if resume and out is not None and (out / META_FILE).exists():
         _check_resume(out, model, train_set.name)
-    net = create_model(model, **kwargs)
+    net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
+                                             model_kwargs=model_kwargs)
     meta = {"model": {"name": model, "kwargs": kwargs},
             "dataset": {"name": train_set.name, "train": len(train_set),
                         "val": len(val_set) if val_set is not None else 0,
