@@ -10,6 +10,7 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import ModelError, unknown
 from . import lecture
+from .zoo import zoo_specs
 
 __all__ = ["ModelSpec", "MODELS", "list_models", "model_spec", "create_model",
            "default_preprocess", "count_parameters"]
@@ -37,6 +38,9 @@ class ModelSpec:
     std: tuple[float, ...] = (1.0,)
     load_pretrained: Callable[[nn.Module], None] | None = None
     head: str = ""  # dotted path of the final classifier layer (e.g. "fc", "classifier.6")
+    interpolation: str = "bilinear"  # resize filter of the published preprocessing
+    crop_fraction: float = 0.875     # 'shorter_crop': crop / resized shorter side (224/256)
+    num_classes: int = 10            # classes of the published form (ImageNet: 1000)
 
 
 def _lecture(cls: type[nn.Module], sized: bool = True) -> Callable[..., nn.Module]:
@@ -60,6 +64,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("small_cnn", _lecture(lecture.SmallCNN),
               "Keras-style: 4 conv+pool blocks, dropout, dense 512-128",
               input_size=64, min_input_size=16, channels=3, flexible_size=True, head="classifier.6"),
+    *zoo_specs(),
 ]}
 
 
@@ -113,7 +118,8 @@ def default_preprocess(name: str, in_chans: int | None = None,
     std = spec.std if len(spec.std) in (1, in_chans) else spec.std[:1]
     if in_chans == 1 and len(spec.mean) == 3:  # greyscale into an RGB-normalised model
         mean, std = (sum(spec.mean) / 3,), (sum(spec.std) / 3,)
-    return Preprocess(in_chans, (size, size), spec.resize, mean=mean, std=std), size
+    return Preprocess(in_chans, (size, size), spec.resize, spec.crop_fraction, mean=mean, std=std,
+                      interpolation=spec.interpolation), size
 
 
 def count_parameters(name: str, num_classes: int = 10, in_chans: int | None = None,
