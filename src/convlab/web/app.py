@@ -1,0 +1,207 @@
+"""The teach web app: a JSON API (documented at /docs) and the static UI that uses it.
+
+Endpoints that compute (uploads, training, prediction, export) are plain `def`
+functions, so FastAPI runs them in its thread pool and the event loop stays free;
+training runs in its own thread per project (see learn.Jobs).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..errors import ConvlabError
+from .learn import BACKBONE, HEADS, Jobs, Previewer, TrainOptions
+from .security import Guard
+from .store import Limits, NotFound, Store, check_name
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"
+_SHA = re.compile(r"[0-9a-f]{64}")
+SOURCES = ("webcam", "upload", "import")
+
+
+async def _files_from(request: Request, field: str = "files") -> list[tuple[str, bytes]]:
+    """(client file name, bytes) of every file in a multipart form field."""
+    form = await request.form()
+    out = []
+    for item in form.getlist(field):
+        if hasattr(item, "read"):
+            out.append((item.filename or "", await item.read()))
+    return out
+
+
+def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | None = None,
+               limits: Limits = Limits()) -> FastAPI:
+    """The teach app storing everything under `home`.
+
+    token: required on every request when given; hosts: the Host header values the
+    app answers to (None: any, for the test client); limits: upload limits.
+    """
+    store = Store(home, limits)
+    recovered = store.recover()
+    jobs = Jobs(store)
+    previewer = Previewer(store)
+
+    app = FastAPI(title="convlab teach", version=__version__,
+                  description="Teach an image classifier from your webcam or files; everything "
+                              "stays on this machine. The UI at / uses exactly this API.")
+    app.state.store, app.state.jobs, app.state.previewer = store, jobs, previewer
+    app.state.recovered = recovered
+
+    @app.exception_handler(ConvlabError)
+    async def convlab_error(request: Request, exc: ConvlabError):
+        return JSONResponse({"detail": str(exc)}, status_code=getattr(exc, "status", 400))
+
+    # ------------------------------------------------------------------ info
+    @app.get("/api/info", summary="Version, backbone, heads and upload limits")
+    def info() -> dict:
+        return {"version": __version__, "backbone": BACKBONE, "heads": list(HEADS),
+                "defaults": TrainOptions().__dict__,
+                "limits": {"file_bytes": limits.file_bytes, "pixels": limits.pixels,
+                           "request_bytes": limits.request_bytes}}
+
+    # -------------------------------------------------------------- projects
+    @app.get("/api/projects", summary="All projects with class and sample counts")
+    def list_projects() -> list[dict]:
+        return store.projects()
+
+    @app.post("/api/projects", status_code=201, summary="Create a project")
+    def create_project(name: str = Body(..., embed=True)) -> dict:
+        return store.create_project(name)
+
+    @app.get("/api/projects/{pid}", summary="A project with its classes and latest model")
+    def get_project(pid: int) -> dict:
+        out = store.project(pid)
+        out["model"] = store.latest_model(pid)
+        out["training"] = jobs.status(pid)
+        return out
+
+    @app.patch("/api/projects/{pid}", summary="Rename a project")
+    def rename_project(pid: int, name: str = Body(..., embed=True)) -> dict:
+        return store.rename_project(pid, name)
+
+    @app.delete("/api/projects/{pid}", status_code=204, summary="Delete a project and its samples")
+    def delete_project(pid: int) -> Response:
+        store.delete_project(pid)
+        return Response(status_code=204)
+
+    # --------------------------------------------------------------- classes
+    @app.post("/api/projects/{pid}/classes", status_code=201, summary="Add a class")
+    def add_class(pid: int, name: str = Body(..., embed=True)) -> dict:
+        return store.add_class(pid, name)
+
+    @app.patch("/api/classes/{cid}", summary="Rename a class")
+    def rename_class(cid: int, name: str = Body(..., embed=True)) -> dict:
+        return store.rename_class(cid, name)
+
+    @app.delete("/api/classes/{cid}", status_code=204, summary="Delete a class and its samples")
+    def delete_class(cid: int) -> Response:
+        store.delete_class(cid)
+        return Response(status_code=204)
+
+    # --------------------------------------------------------------- samples
+    @app.get("/api/classes/{cid}/samples", summary="A class's samples, newest first")
+    def list_samples(cid: int, limit: int = 60, offset: int = 0) -> list[dict]:
+        return store.samples(cid, min(max(limit, 1), 1000), max(offset, 0))
+
+    @app.post("/api/classes/{cid}/samples", status_code=201,
+              summary="Add image files (multipart field 'files', many at once)",
+              description="JPEG, PNG, WebP or GIF (first frame), judged by content. "
+                          "?source=webcam|upload|import records where they came from.")
+    async def add_samples(cid: int, request: Request, source: str = "upload") -> list[dict]:
+        if source not in SOURCES:
+            raise NotFound(f"unknown source '{source}'; valid: {', '.join(SOURCES)}")
+        files = await _files_from(request)
+        if not files:
+            from ..errors import DatasetError
+            raise DatasetError("no files in the request; send them as multipart field 'files'")
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(store.add_samples, cid, [d for _, d in files], source)
+
+    @app.post("/api/projects/{pid}/import", status_code=201,
+              summary="Import a folder of class folders",
+              description="Multipart field 'files' whose file names are relative paths "
+                          "'CLASS/…/image'; the first folder names the class (created when "
+                          "missing). Names never become paths on the server.")
+    async def import_folder(pid: int, request: Request) -> dict:
+        files = await _files_from(request)
+        groups: dict[str, list[bytes]] = {}
+        for name, data in files:
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            if len(parts) < 2:
+                from ..errors import DatasetError
+                raise DatasetError(f"file {name!r} is not inside a class folder; expected "
+                                   f"CLASS/image.jpg")
+            groups.setdefault(check_name(parts[0], "class"), []).append(data)
+
+        def work() -> dict:
+            existing = {c["name"]: c["id"] for c in store.classes(pid)}
+            added = {}
+            for cls, datas in groups.items():
+                cid = existing.get(cls) or store.add_class(pid, cls)["id"]
+                added[cls] = len(store.add_samples(cid, datas, "import"))
+            return {"added": added}
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(work)
+
+    @app.delete("/api/samples/{sid}", status_code=204, summary="Delete a sample")
+    def delete_sample(sid: int) -> Response:
+        store.delete_sample(sid)
+        return Response(status_code=204)
+
+    @app.get("/api/images/{sha}", summary="A stored sample image (JPEG, 256x256)")
+    def image(sha: str) -> FileResponse:
+        if not _SHA.fullmatch(sha) or not store.blob_path(sha).exists():
+            raise NotFound(f"no image {sha[:70]!r}")
+        return FileResponse(store.blob_path(sha), media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    # -------------------------------------------------------------- training
+    @app.post("/api/projects/{pid}/train", status_code=202,
+              summary="Start training (refused with 409 while one runs for this project)")
+    def train(pid: int, options: dict = Body(default={})) -> dict:
+        opts = TrainOptions.from_dict(options)
+        store.project(pid)
+        return jobs.start(pid, opts).to_dict()
+
+    @app.get("/api/projects/{pid}/training", summary="Live state of the latest training job")
+    def training(pid: int) -> dict:
+        store.project(pid)
+        status = jobs.status(pid)
+        model = store.latest_model(pid)
+        return {"job": status, "model": model}
+
+    @app.get("/api/projects/{pid}/models", summary="Every model trained for the project")
+    def models(pid: int) -> list[dict]:
+        store.project(pid)
+        return store.models(pid)
+
+    # ------------------------------------------------------------- preview
+    @app.post("/api/projects/{pid}/predict", summary="Classify one image",
+              description="The image as the raw request body (image/jpeg, png, webp, gif) or "
+                          "as multipart field 'file'.")
+    async def predict(pid: int, request: Request) -> dict:
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            files = await _files_from(request, "file")
+            data = files[0][1] if files else b""
+        else:
+            data = await request.body()
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(previewer.predict, pid, data)
+
+    # ------------------------------------------------------------------ UI
+    @app.get("/", include_in_schema=False)
+    def index(request: Request):
+        if "token" in request.query_params:  # the cookie is set by the guard; drop the token
+            return RedirectResponse("/", status_code=303)
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)
+    return app

@@ -1,0 +1,509 @@
+// convlab teach: the UI. Plain JavaScript over the JSON API documented at /docs.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const state = { project: null, stream: null, previewing: false, recording: null, polling: null };
+const FRAME = 256;          // frames are sent as the centre square at 256x256, like stored samples
+const RECORD_FPS = 8;
+
+async function api(method, path, body, raw) {
+  const opts = { method, headers: {} };
+  if (raw !== undefined) { opts.body = raw; }
+  else if (body instanceof FormData) { opts.body = body; }
+  else if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
+  const res = await fetch(path, opts);
+  if (res.status === 204) return null;
+  const data = await res.json().catch(() => ({ detail: res.statusText }));
+  if (!res.ok) {
+    const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
+    throw new Error(detail || `${res.status} ${res.statusText}`);
+  }
+  return data;
+}
+
+function say(text, kind = "error") {
+  const m = $("#message");
+  m.textContent = text || "";
+  m.className = text ? `show ${kind === "info" ? "info" : ""}` : "";
+  if (text && kind === "info") setTimeout(() => { if (m.textContent === text) say(""); }, 4000);
+}
+
+async function guarded(fn) {
+  try { return await fn(); } catch (e) { say(e.message); return undefined; }
+}
+
+// ------------------------------------------------------------------ projects
+async function loadProjects(selectId) {
+  const projects = await api("GET", "/api/projects");
+  const sel = $("#project");
+  sel.innerHTML = "";
+  for (const p of projects) {
+    const o = document.createElement("option");
+    o.value = p.id; o.textContent = `${p.name} (${p.samples} images)`;
+    sel.appendChild(o);
+  }
+  $("#workspace").hidden = projects.length === 0;
+  $("#empty").hidden = projects.length !== 0;
+  if (!projects.length) { state.project = null; return; }
+  const stored = Number(localStorage.getItem("convlab.project"));
+  const want = selectId || (projects.some(p => p.id === stored) ? stored : projects[projects.length - 1].id);
+  sel.value = want;
+  await openProject(Number(sel.value));
+}
+
+async function openProject(pid) {
+  localStorage.setItem("convlab.project", pid);
+  const p = await api("GET", `/api/projects/${pid}`);
+  state.project = p;
+  renderClasses(p.classes);
+  showModel(p.model);
+  if (p.training && p.training.state === "training") pollTraining();
+  else showJob(p.training, p.model);
+  clearBars();
+  $("#export-result").innerHTML = "";
+}
+
+async function newProject() {
+  const n = $("#project").options.length + 1;
+  const p = await api("POST", "/api/projects", { name: `My project ${n}` });
+  await api("POST", `/api/projects/${p.id}/classes`, { name: "Class 1" });
+  await api("POST", `/api/projects/${p.id}/classes`, { name: "Class 2" });
+  await loadProjects(p.id);
+}
+
+// ------------------------------------------------------------------- classes
+function renderClasses(classes) {
+  const box = $("#classes");
+  box.innerHTML = "";
+  for (const c of classes) box.appendChild(classCard(c));
+}
+
+function classCard(c) {
+  const card = $("#class-template").content.firstElementChild.cloneNode(true);
+  card.dataset.classId = c.id;
+  card.dataset.testid = `class-${c.name}`;
+  const name = $(".class-name", card);
+  name.value = c.name;
+  name.addEventListener("change", () => guarded(async () => {
+    const r = await api("PATCH", `/api/classes/${c.id}`, { name: name.value });
+    c.name = r.name; name.value = r.name; card.dataset.testid = `class-${r.name}`;
+    say(`renamed to ${r.name}`, "info");
+  }).then(v => { if (v === undefined) name.value = c.name; }));
+  name.addEventListener("keydown", e => { if (e.key === "Enter") name.blur(); });
+  $(".delete-class", card).addEventListener("click", () => guarded(async () => {
+    if (!confirm(`Delete class "${c.name}" and its ${c.samples} images?`)) return;
+    await api("DELETE", `/api/classes/${c.id}`);
+    card.remove();
+  }));
+  const rec = $(".record", card);
+  const start = e => { e.preventDefault(); startRecording(c, card, rec); };
+  const stop = () => stopRecording(rec);
+  rec.addEventListener("pointerdown", start);
+  rec.addEventListener("pointerup", stop);
+  rec.addEventListener("pointerleave", stop);
+  rec.addEventListener("keydown", e => { if (e.key === " " && !e.repeat) start(e); });
+  rec.addEventListener("keyup", e => { if (e.key === " ") stop(); });
+  $(".upload", card).addEventListener("change", e => {
+    uploadFiles(c, card, [...e.target.files]); e.target.value = "";
+  });
+  card.addEventListener("dragover", e => { e.preventDefault(); card.classList.add("drag"); });
+  card.addEventListener("dragleave", () => card.classList.remove("drag"));
+  card.addEventListener("drop", e => {
+    e.preventDefault(); card.classList.remove("drag");
+    uploadFiles(c, card, [...e.dataTransfer.files]);
+  });
+  setCount(card, c.samples);
+  loadThumbs(c, card);
+  return card;
+}
+
+function setCount(card, n) {
+  card.dataset.count = n;
+  $(".count", card).textContent = `${n} image${n === 1 ? "" : "s"}`;
+}
+
+async function loadThumbs(c, card) {
+  const samples = await api("GET", `/api/classes/${c.id}/samples?limit=48`);
+  const box = $(".thumbs", card);
+  box.innerHTML = "";
+  for (const s of samples) box.appendChild(thumb(s, card));
+}
+
+function thumb(s, card) {
+  const t = document.createElement("div");
+  t.className = "thumb";
+  const img = document.createElement("img");
+  img.src = `/api/images/${s.sha}`; img.loading = "lazy"; img.alt = "sample";
+  const del = document.createElement("button");
+  del.textContent = "×"; del.title = "Delete this image";
+  del.addEventListener("click", () => guarded(async () => {
+    await api("DELETE", `/api/samples/${s.id}`);
+    t.remove(); setCount(card, Number(card.dataset.count) - 1);
+  }));
+  t.append(img, del);
+  return t;
+}
+
+function addThumbs(card, samples) {
+  const box = $(".thumbs", card);
+  for (const s of samples) box.prepend(thumb(s, card));
+  while (box.children.length > 48) box.lastChild.remove();
+  setCount(card, Number(card.dataset.count) + samples.length);
+}
+
+async function sendSamples(c, card, blobs, source) {
+  const form = new FormData();
+  blobs.forEach((b, i) => form.append("files", b, b.name || `frame${i}.jpg`));
+  const added = await api("POST", `/api/classes/${c.id}/samples?source=${source}`, form);
+  addThumbs(card, added);
+  return added.length;
+}
+
+async function uploadFiles(c, card, files) {
+  if (!files.length) return;
+  await guarded(async () => {
+    let done = 0;
+    for (let i = 0; i < files.length; i += 16) {         // 16 files per request
+      done += await sendSamples(c, card, files.slice(i, i + 16), "upload");
+      say(`uploaded ${done} of ${files.length}`, "info");
+    }
+  });
+}
+
+// ------------------------------------------------------------------- webcam
+async function startWebcam() {
+  if (state.stream) return true;
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    say("This browser gives no webcam here (the page must be opened as http://127.0.0.1 or " +
+        "http://localhost, or over https). Uploads still work.");
+    return false;
+  }
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+  } catch (e) {
+    say(`Cannot open the webcam: ${e.message}`);
+    return false;
+  }
+  const v = $("#video");
+  v.srcObject = state.stream;
+  await v.play();
+  $("#webcam-off").hidden = true; v.hidden = false;
+  $("#webcam-toggle").textContent = "Stop webcam";
+  $("#webcam-toggle").classList.add("active");
+  return true;
+}
+
+function stopWebcam() {
+  if (!state.stream) return;
+  for (const t of state.stream.getTracks()) t.stop();
+  state.stream = null;
+  state.previewing = false;
+  $("#preview-toggle").classList.remove("active");
+  $("#video").hidden = true; $("#webcam-off").hidden = false;
+  $("#webcam-toggle").textContent = "Start webcam";
+  $("#webcam-toggle").classList.remove("active");
+}
+
+const canvas = document.createElement("canvas");
+canvas.width = canvas.height = FRAME;
+
+function grabFrame() {
+  // The centre square of the video, scaled to 256x256, as a JPEG blob.
+  const v = $("#video");
+  const s = Math.min(v.videoWidth, v.videoHeight);
+  if (!s) return Promise.resolve(null);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(v, (v.videoWidth - s) / 2, (v.videoHeight - s) / 2, s, s, 0, 0, FRAME, FRAME);
+  return new Promise(resolve => canvas.toBlob(resolve, "image/jpeg", 0.9));
+}
+
+async function startRecording(c, card, button) {
+  if (state.recording) return;
+  if (!(await startWebcam())) return;
+  const rec = { frames: [], timer: null, sending: Promise.resolve(), total: 0 };
+  state.recording = rec;
+  button.classList.add("recording");
+  button.textContent = "● Recording…";
+  const flush = () => {
+    const batch = rec.frames.splice(0);
+    if (!batch.length) return;
+    rec.sending = rec.sending.then(() => guarded(() => sendSamples(c, card, batch, "webcam")));
+  };
+  rec.timer = setInterval(async () => {
+    const b = await grabFrame();
+    if (b) { rec.frames.push(b); rec.total++; }
+    if (rec.frames.length >= 4) flush();
+  }, 1000 / RECORD_FPS);
+  rec.flush = flush;
+  rec.button = button;
+}
+
+async function stopRecording(button) {
+  const rec = state.recording;
+  if (!rec || rec.button !== button) return;
+  clearInterval(rec.timer);
+  state.recording = null;
+  await new Promise(r => setTimeout(r, 150));   // the last grab in flight
+  rec.flush();
+  button.classList.remove("recording");
+  button.textContent = "● Hold to record";
+  await rec.sending;
+}
+
+// ------------------------------------------------------------------ training
+function trainOptions() {
+  const head = $("#head").value;
+  return {
+    head,
+    epochs: Number($("#epochs").value),
+    lr: Number($("#lr").value),
+    k: Number($("#k").value),
+    augment: $("#augment").checked,
+  };
+}
+
+function syncHeadFields() {
+  const knn = $("#head").value === "knn";
+  document.querySelectorAll(".dense").forEach(e => { e.hidden = knn; });
+  document.querySelectorAll(".knn").forEach(e => { e.hidden = !knn; });
+}
+
+async function train() {
+  const pid = state.project.id;
+  await guarded(async () => {
+    await api("POST", `/api/projects/${pid}/train`, trainOptions());
+    pollTraining();
+  });
+}
+
+function pollTraining() {
+  clearTimeout(state.polling);
+  const pid = state.project.id;
+  const tick = async () => {
+    if (!state.project || state.project.id !== pid) return;
+    const r = await guarded(() => api("GET", `/api/projects/${pid}/training`));
+    if (!r) return;
+    showJob(r.job, r.model);
+    if (r.job && r.job.state === "training") state.polling = setTimeout(tick, 400);
+    else { showModel(r.model); loadProjectList(); }
+  };
+  tick();
+}
+
+async function loadProjectList() {
+  const sel = $("#project"); const cur = sel.value;
+  const projects = await api("GET", "/api/projects");
+  for (const p of projects) {
+    const o = [...sel.options].find(o => Number(o.value) === p.id);
+    if (o) o.textContent = `${p.name} (${p.samples} images)`;
+  }
+  sel.value = cur;
+}
+
+const STAGES = { starting: "Starting", embedding: "Computing features", augmenting: "Features of augmented copies",
+                 fitting: "Fitting the head", evaluating: "Measuring held-out accuracy", saving: "Saving", done: "Done" };
+
+function showJob(job, model) {
+  const bar = $("#progress"), status = $("#train-status"), btn = $("#train");
+  if (!job) {
+    bar.hidden = true;
+    status.textContent = model ? `Model ${model.id} ready (${model.options.head}).` : "Not trained yet.";
+    btn.disabled = false;
+    return;
+  }
+  if (job.state === "training") {
+    bar.hidden = false; btn.disabled = true;
+    const frac = job.total ? job.done / job.total : 0;
+    $("#progress-bar").style.width = `${Math.round(100 * frac)}%`;
+    status.textContent = `${STAGES[job.stage] || job.stage}` + (job.total ? ` ${job.done} / ${job.total}` : "") + "…";
+  } else if (job.state === "failed") {
+    bar.hidden = true; btn.disabled = false;
+    status.textContent = `Training failed: ${job.message}`;
+  } else {
+    bar.hidden = true; btn.disabled = false;
+    const secs = ((job.finished - job.started) || 0).toFixed(1);
+    status.textContent = `Trained model ${job.model_id} in ${secs} s. Try it in the preview.`;
+  }
+}
+
+function showModel(model) {
+  const box = $("#results");
+  if (!model) { box.hidden = true; return; }
+  box.hidden = false;
+  const m = model.metrics;
+  $("#accuracy").textContent = `${(100 * m.accuracy).toFixed(1)}% on ${m.held_out} images`;
+  const per = $("#per-class");
+  per.innerHTML = "<tr><th>class</th><th>held out</th><th>accuracy</th></tr>";
+  model.classes.forEach((c, i) => {
+    const tr = document.createElement("tr");
+    const n = m.confusion[i].reduce((a, b) => a + b, 0);
+    for (const v of [c, n, `${(100 * m.per_class[c]).toFixed(1)}%`]) {
+      const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+    }
+    per.appendChild(tr);
+  });
+  const conf = $("#confusion");
+  conf.innerHTML = "";
+  const head = document.createElement("tr");
+  head.appendChild(document.createElement("th"));
+  for (const c of model.classes) { const th = document.createElement("th"); th.textContent = c; head.appendChild(th); }
+  conf.appendChild(head);
+  m.confusion.forEach((row, i) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th"); th.textContent = model.classes[i]; tr.appendChild(th);
+    row.forEach((v, j) => {
+      const td = document.createElement("td"); td.textContent = v;
+      td.className = i === j ? "diag" : (v ? "off" : ""); tr.appendChild(td);
+    });
+    conf.appendChild(tr);
+  });
+}
+
+// ------------------------------------------------------------------- preview
+function clearBars() { $("#bars").innerHTML = ""; $("#prediction").textContent = ""; $("#rate").textContent = ""; }
+
+function showPrediction(r) {
+  const box = $("#bars");
+  if (box.children.length !== r.classes.length) {
+    box.innerHTML = "";
+    for (const c of r.classes) {
+      const b = document.createElement("div");
+      b.className = "bar";
+      b.innerHTML = '<div class="label"><span></span><span class="pct"></span></div><div class="track"><div class="fill"></div></div>';
+      $(".label span", b).textContent = c;
+      box.appendChild(b);
+    }
+  }
+  r.probs.forEach((p, i) => {
+    const b = box.children[i];
+    b.classList.toggle("top", r.classes[i] === r.top);
+    $(".fill", b).style.width = `${(100 * p).toFixed(1)}%`;
+    $(".pct", b).textContent = `${(100 * p).toFixed(0)}%`;
+  });
+  $("#prediction").textContent = r.top;
+}
+
+async function previewLoop() {
+  const pid = state.project.id;
+  const times = [];
+  while (state.previewing && state.project && state.project.id === pid) {
+    const frame = await grabFrame();
+    if (!frame) { await new Promise(r => setTimeout(r, 50)); continue; }
+    try {
+      const r = await api("POST", `/api/projects/${pid}/predict`, undefined, frame);
+      showPrediction(r);
+      const now = performance.now();
+      times.push(now);
+      while (times.length && now - times[0] > 2000) times.shift();
+      if (times.length > 1) $("#rate").textContent =
+        `${((times.length - 1) * 1000 / (now - times[0])).toFixed(1)} predictions/s · ${r.ms} ms on the server`;
+    } catch (e) {
+      say(e.message); state.previewing = false;
+    }
+  }
+  $("#preview-toggle").classList.remove("active");
+}
+
+async function togglePreview() {
+  if (state.previewing) { state.previewing = false; return; }
+  if (!state.project.model && !(await api("GET", `/api/projects/${state.project.id}/training`)).model) {
+    say("Train a model first (2 · Train)."); return;
+  }
+  if (!(await startWebcam())) return;
+  $("#preview-image").hidden = true;
+  state.previewing = true;
+  $("#preview-toggle").classList.add("active");
+  previewLoop();
+}
+
+async function classifyFile(file) {
+  if (!file) return;
+  state.previewing = false;
+  const img = $("#preview-image");
+  img.src = URL.createObjectURL(file); img.hidden = false;
+  await guarded(async () => {
+    const form = new FormData();
+    form.append("file", file);
+    showPrediction(await api("POST", `/api/projects/${state.project.id}/predict`, form));
+  });
+}
+
+// -------------------------------------------------------------------- export
+async function exportProject() {
+  const box = $("#export-result");
+  box.textContent = "Exporting…";
+  const r = await guarded(() => api("POST", `/api/projects/${state.project.id}/export`));
+  if (!r) { box.textContent = ""; return; }
+  box.innerHTML = "";
+  const p = document.createElement("p");
+  p.innerHTML = "Written to <code></code>. Use it with <code></code>";
+  p.querySelectorAll("code")[0].textContent = r.dir;
+  p.querySelectorAll("code")[1].textContent = `convlab predict ${r.run} IMAGE`;
+  box.appendChild(p);
+  for (const [label, href] of Object.entries(r.downloads)) {
+    const a = document.createElement("a");
+    a.href = href; a.textContent = label; a.setAttribute("download", "");
+    box.appendChild(a);
+  }
+}
+
+// --------------------------------------------------------------------- setup
+function setup() {
+  $("#project").addEventListener("change", e => openProject(Number(e.target.value)));
+  $("#new-project").addEventListener("click", () => guarded(newProject));
+  $("#first-project").addEventListener("click", () => guarded(newProject));
+  $("#rename-project").addEventListener("click", () => guarded(async () => {
+    const name = prompt("Project name", state.project.name);
+    if (name === null) return;
+    await api("PATCH", `/api/projects/${state.project.id}`, { name });
+    await loadProjects(state.project.id);
+  }));
+  $("#delete-project").addEventListener("click", () => guarded(async () => {
+    if (!confirm(`Delete project "${state.project.name}" with all its images and models?`)) return;
+    await api("DELETE", `/api/projects/${state.project.id}`);
+    localStorage.removeItem("convlab.project");
+    await loadProjects();
+  }));
+  $("#add-class").addEventListener("click", () => guarded(async () => {
+    const names = new Set(state.project.classes.map(c => c.name));
+    [...document.querySelectorAll(".class-name")].forEach(i => names.add(i.value));
+    let n = names.size + 1;
+    while (names.has(`Class ${n}`)) n++;
+    const c = await api("POST", `/api/projects/${state.project.id}/classes`, { name: `Class ${n}` });
+    state.project.classes.push(c);
+    const card = classCard(c);
+    $("#classes").appendChild(card);
+    $(".class-name", card).select();
+  }));
+  $("#import-folder").addEventListener("change", e => guarded(async () => {
+    const files = [...e.target.files].filter(f => f.type.startsWith("image/"));
+    e.target.value = "";
+    const added = {};
+    for (let i = 0; i < files.length; i += 32) {
+      const form = new FormData();
+      for (const f of files.slice(i, i + 32)) {
+        const parts = (f.webkitRelativePath || f.name).split("/");
+        form.append("files", f, parts.slice(1).join("/"));   // drop the picked folder's own name
+      }
+      const r = await api("POST", `/api/projects/${state.project.id}/import`, form);
+      for (const [k, v] of Object.entries(r.added)) added[k] = (added[k] || 0) + v;
+      say(`imported ${i + Math.min(32, files.length - i)} of ${files.length}`, "info");
+    }
+    await openProject(state.project.id);
+  }));
+  $("#webcam-toggle").addEventListener("click", () => state.stream ? stopWebcam() : startWebcam());
+  $("#head").addEventListener("change", syncHeadFields);
+  $("#train").addEventListener("click", train);
+  $("#preview-toggle").addEventListener("click", togglePreview);
+  const drop = $("#preview-drop");
+  drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("drag"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("drag"));
+  drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("drag"); classifyFile(e.dataTransfer.files[0]); });
+  $("#preview-file").addEventListener("change", e => { classifyFile(e.target.files[0]); e.target.value = ""; });
+  $("#export").addEventListener("click", exportProject);
+  $("#video").hidden = true;
+  syncHeadFields();
+  guarded(() => loadProjects());
+}
+
+setup();

@@ -1,0 +1,172 @@
+"""The teach app's JSON API through FastAPI's test client: store, limits, guard, recovery,
+training, preview and export (real backbone, real files)."""
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from convlab.web import Limits, Store, create_app
+
+
+def image_bytes(colour, fmt="PNG", size=(120, 90), noise=0, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.zeros((size[1], size[0], 3), np.uint8) + np.array(colour, np.uint8)
+    if noise:
+        arr = np.clip(arr.astype(int) + rng.integers(-noise, noise + 1, arr.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, fmt)
+    return buf.getvalue()
+
+
+def upload(client, cid, blobs, source="upload"):
+    files = [("files", (f"f{i}.bin", b, "application/octet-stream")) for i, b in enumerate(blobs)]
+    return client.post(f"/api/classes/{cid}/samples?source={source}", files=files)
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TestClient(create_app(tmp_path / "home")) as c:
+        yield c
+
+
+def make_project(client, name="p", classes=("red", "blue")):
+    pid = client.post("/api/projects", json={"name": name}).json()["id"]
+    cids = [client.post(f"/api/projects/{pid}/classes", json={"name": c}).json()["id"]
+            for c in classes]
+    return pid, cids
+
+
+def test_projects_classes_samples_roundtrip(client, tmp_path):
+    pid, (red, blue) = make_project(client)
+    assert client.post(f"/api/projects/{pid}/classes", json={"name": "red"}).status_code == 409
+    for bad in ["../etc", "a/b", "", ".hidden", "x\x00y", "a\\b", "z" * 65]:
+        r = client.post(f"/api/projects/{pid}/classes", json={"name": bad})
+        assert r.status_code == 400 and "invalid class name" in r.json()["detail"], bad
+    r = client.patch(f"/api/classes/{blue}", json={"name": "bleu ☁"})
+    assert r.json()["name"] == "bleu ☁"
+
+    # every accepted format, judged by content (the client's file name says .bin)
+    blobs = [image_bytes((200, 30, 30), fmt) for fmt in ("PNG", "JPEG", "WEBP")]
+    gif = io.BytesIO()
+    frames = [Image.new("RGB", (64, 64), c) for c in ((250, 0, 0), (0, 0, 250))]
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    r = upload(client, red, blobs + [gif.getvalue()])
+    assert r.status_code == 201, r.text
+    added = r.json()
+    assert len(added) == 4
+    # the stored sample is the canonical 256x256 RGB; the GIF gives its first (red) frame
+    img = Image.open(io.BytesIO(client.get(f"/api/images/{added[3]['sha']}").content))
+    assert img.size == (256, 256) and img.mode == "RGB"
+    r_, g_, b_ = np.asarray(img).reshape(-1, 3).mean(0)
+    assert r_ > 200 and b_ < 50
+
+    # identical images share one content-addressed file
+    again = upload(client, blue, [blobs[0]]).json()
+    assert again[0]["sha"] == added[0]["sha"]
+    path = tmp_path / "home" / "images" / added[0]["sha"][:2] / f"{added[0]['sha']}.jpg"
+    assert path.exists()
+    client.delete(f"/api/samples/{added[0]['id']}")
+    assert path.exists()                           # still used by the 'blue' sample
+    client.delete(f"/api/samples/{again[0]['id']}")
+    assert not path.exists()                       # last reference gone -> file gone
+
+    project = client.get(f"/api/projects/{pid}").json()
+    assert [(c["name"], c["samples"]) for c in project["classes"]] == [("red", 3), ("bleu ☁", 0)]
+    assert client.get(f"/api/classes/{red}/samples").json()[0]["id"] == added[3]["id"]  # newest first
+    assert client.delete(f"/api/classes/{red}").status_code == 204
+    assert client.get(f"/api/classes/{red}/samples").status_code == 404
+    assert client.get("/api/images/..%2F..%2Fteach.sqlite3").status_code == 404
+    assert "/api/projects/{pid}/train" in client.get("/openapi.json").json()["paths"]
+
+
+def test_uploads_are_judged_by_content_and_limited(tmp_path):
+    app = create_app(tmp_path / "home", limits=Limits(file_bytes=200_000, pixels=1_000_000,
+                                                      request_bytes=1_000_000))
+    with TestClient(app) as client:
+        pid, (red, _) = make_project(client)
+        r = upload(client, red, [b"GIF89a but not really an image"])
+        assert r.status_code == 415 and "accepted: JPEG, PNG, WebP, GIF" in r.json()["detail"]
+        r = upload(client, red, [image_bytes((0, 0, 0), "BMP")])
+        assert r.status_code == 415 and "BMP images are not accepted" in r.json()["detail"]
+        # a decompression bomb: tiny file, too many pixels -> refused from the header
+        bomb = image_bytes((0, 0, 0), "PNG", size=(2000, 1000))
+        assert len(bomb) < 50_000
+        r = upload(client, red, [bomb])
+        assert r.status_code == 413 and "pixels" in r.json()["detail"]
+        r = upload(client, red, [image_bytes((0, 0, 0), "PNG", size=(500, 500), noise=120)])
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+        # one bad file refuses the whole request: nothing half-added
+        r = upload(client, red, [image_bytes((9, 9, 9)), b"junk"])
+        assert r.status_code == 415 and "file 2 of 2" in r.json()["detail"]
+        r = client.post(f"/api/classes/{red}/samples", content=b"x" * 1_100_000,
+                        headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 413
+        assert client.get(f"/api/projects/{pid}").json()["classes"][0]["samples"] == 0
+
+
+def test_guard_origin_host_and_token(tmp_path):
+    app = create_app(tmp_path / "home", token="s3cret-token-0123456789",
+                     hosts={"testserver", "127.0.0.1:8000"})
+    with TestClient(app) as c:
+        assert c.get("/api/projects").status_code == 401
+        auth = {"Authorization": "Bearer s3cret-token-0123456789"}
+        assert c.get("/api/projects", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/projects", headers=auth).status_code == 200
+        # another web origin, or a cross-site fetch, is refused even with the token
+        r = c.post("/api/projects", json={"name": "x"}, headers={**auth, "Origin": "http://evil.example"})
+        assert r.status_code == 403
+        r = c.get("/api/projects", headers={**auth, "Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 403
+        assert c.post("/api/projects", json={"name": "x"},
+                      headers={**auth, "Origin": "http://testserver"}).status_code == 201
+        # a page served under a foreign Host name (DNS rebinding) is refused
+        assert c.get("/api/projects", headers={**auth, "Host": "evil.example"}).status_code == 421
+        # the printed URL's ?token= sets an HttpOnly cookie that works from then on
+        r = c.get("/?token=s3cret-token-0123456789", follow_redirects=False)
+        assert r.status_code == 303 and "HttpOnly" in r.headers["set-cookie"]
+        assert c.get("/api/projects").status_code == 200
+
+
+def test_restart_after_a_killed_server_cleans_up(tmp_path):
+    home = tmp_path / "home"
+    with TestClient(create_app(home)) as c:
+        pid, (red, _) = make_project(c)
+        sha = upload(c, red, [image_bytes((200, 0, 0))]).json()[0]["sha"]
+    store = Store(home)
+    # what a kill can leave: a file written but its row never committed, a temporary,
+    # a training that never finished and its half-written model folder
+    orphan = home / "images" / "ab" / ("ab" + "0" * 62 + ".jpg")
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"x")
+    tmp = home / "images" / sha[:2] / f".{sha}.tmp123"
+    tmp.write_bytes(b"partial")
+    mid = store.create_model_row(pid, {"head": "knn"})
+    (home / "models" / f"{mid}.tmp").mkdir()
+    (home / "models" / str(mid)).mkdir()
+    with TestClient(create_app(home)) as c:
+        assert c.app.state.recovered == {"interrupted_trainings": 1, "orphan_files": 2,
+                                         "orphan_models": 2}
+        assert not orphan.exists() and not tmp.exists()
+        assert c.get(f"/api/images/{sha}").status_code == 200
+        model = c.get(f"/api/projects/{pid}/models").json()[0]
+        assert model["status"] == "failed" and "stopped" in model["error"]
+    with sqlite3.connect(home / "teach.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_training_needs_two_samples_per_class(client):
+    pid, (red, blue) = make_project(client)
+    upload(client, red, [image_bytes((200, 0, 0), seed=i, noise=20) for i in range(3)])
+    upload(client, blue, [image_bytes((0, 0, 200))])
+    r = client.post(f"/api/projects/{pid}/train", json={"head": "knn"})
+    assert r.status_code == 400 and "too few in: blue" in r.json()["detail"]
+    r = client.post(f"/api/projects/{pid}/train", json={"head": "forest"})
+    assert r.status_code == 400 and "valid: knn, linear, mlp" in r.json()["detail"]
