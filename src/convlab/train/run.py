@@ -14,7 +14,7 @@ from ..config import TrainConfig
 from ..data import ImageSet, Preprocess, load_dataset
 from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models import create_model, default_preprocess, model_spec
-from .distributed import is_main
+from .distributed import is_main, launched_by_torchrun, local_rank, main_first
 from .loop import Callback, EpochStats, fit
 from .metrics import EvalResult, evaluate
 
@@ -30,9 +30,12 @@ class TrainResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cpu' and 'cuda[:N]' as given."""
+    """'auto' -> CUDA when present, else CPU; 'cpu' and 'cuda[:N]' as given. Under
+    torchrun a bare 'cuda' means this process's own GPU (cuda:LOCAL_RANK)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and launched_by_torchrun():
+        device = f"cuda:{local_rank()}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if device != "cpu" and not device.startswith("cuda"):
@@ -113,7 +116,8 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     train_set, val_set, test_set = prepare_data(dataset, config, channels=channels,
                                                 size=image_size, strict=strict)
     if resume and out is not None and (out / META_FILE).exists():
-        _check_resume(out, model, train_set.name)
+        with main_first():  # reading may finish an interrupted save: rank 0 alone does that
+            _check_resume(out, model, train_set.name)
     net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
                                              model_kwargs=model_kwargs)
     meta = {"model": {"name": model, "kwargs": kwargs},

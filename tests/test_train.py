@@ -1,0 +1,173 @@
+"""The lecture's models, the fit loop, run directories, resume, NaN and Ctrl-C handling."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import convlab
+from convlab import Callback, TrainConfig, fit, load_run
+from convlab.checkpoint import META_FILE, MODEL_FILE, read_meta, save_run
+from convlab.errors import CheckpointError, ModelError, TrainingError
+from convlab.models import count_parameters, create_model, default_preprocess
+from convlab.train import TrainingInterrupted, evaluate
+
+from conftest import make_imageset
+
+
+def test_lecture_parameter_counts_worked_by_hand():
+    assert count_parameters("mnist_linear") == 28 * 28 * 10 + 10 == 7_850
+    # conv 5*5*1*32 + 32, BatchNorm 2*32, linear 32*14*14*10 + 10
+    assert count_parameters("mnist_cnn") == (5 * 5 * 1 * 32 + 32) + 64 + (32 * 14 * 14 * 10 + 10) == 63_626
+    assert count_parameters("mnist_mlp") == (784 * 20 + 20) + 40 + (20 * 10 + 10)
+    # LeNet-5: C1 156, C3 2,416, C5 48,120, F6 10,164, output 850
+    assert count_parameters("lenet5") == 156 + 2_416 + 48_120 + 10_164 + 850 == 61_706
+
+
+@pytest.mark.parametrize("name", ["mnist_linear", "mnist_mlp", "mnist_cnn", "lenet5", "small_cnn"])
+@pytest.mark.parametrize("chans,classes", [(1, 3), (3, 7)])
+def test_lecture_models_any_classes_and_channels(name, chans, classes):
+    pre, size = default_preprocess(name, chans, 28)
+    model = create_model(name, classes, chans, input_size=size)
+    x = pre(torch.randint(0, 255, (4, chans, 28, 28), dtype=torch.uint8))
+    out = model(x)
+    assert out.shape == (4, classes) and torch.isfinite(out).all()
+    out.sum().backward()
+
+
+def test_unknown_model_suggests_closest():
+    with pytest.raises(ModelError, match=r"unknown model 'mnist_cnm' \(did you mean mnist_cnn\?\).*lenet5"):
+        create_model("mnist_cnm")
+
+
+def _setup(tmp_path, epochs=2, seed=0, **cfg):
+    data = make_imageset(16, 3, seed=seed)
+    train, val = data.split(0.25, seed=0)
+    pre, size = default_preprocess("mnist_cnn", 1, 28)
+    config = TrainConfig(epochs=epochs, batch_size=8, lr=0.01, optimizer="momentum", seed=seed, **cfg)
+    meta = {"model": {"name": "mnist_cnn", "kwargs": {"num_classes": 3, "in_chans": 1, "input_size": 28}},
+            "dataset": {"name": data.name}}
+    return train, val, pre, config, meta
+
+
+def test_fit_learns_and_writes_a_complete_run(tmp_path):
+    train, val, pre, config, meta = _setup(tmp_path, epochs=3)
+    model = create_model("mnist_cnn", 3, 1)
+    result = fit(model, train, val, config=config, preprocess=pre, run_dir=tmp_path / "run",
+                 meta=meta, verbose=False)
+    assert [s.epoch for s in result.history] == [1, 2, 3]
+    assert result.history[-1].val_acc == 1.0
+    for f in (MODEL_FILE, META_FILE, "metrics.jsonl", "train_state.safetensors"):
+        assert (tmp_path / "run" / f).exists()
+    assert not (tmp_path / "run" / ".staging").exists()
+    m = read_meta(tmp_path / "run")
+    assert m["classes"] == ["class0", "class1", "class2"] and m["state"]["complete"]
+    assert m["preprocess"]["size"] == [28, 28] and m["train"]["lr"] == 0.01
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    run = load_run(tmp_path / "run")
+    r = evaluate(run.model, val, run.preprocess)
+    assert r.top1 == 1.0 and r.n == len(val) and int(r.confusion.sum()) == len(val)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    train, val, pre, config, meta = _setup(tmp_path, epochs=3)
+    torch.manual_seed(0)
+    straight = create_model("mnist_cnn", 3, 1)
+    fit(straight, train, val, config=config, preprocess=pre, run_dir=tmp_path / "a", meta=meta, verbose=False)
+
+    class StopAt(Callback):
+        def on_batch_end(self, state):
+            if state.epoch == 2 and state.batch == 2:
+                raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    first = create_model("mnist_cnn", 3, 1)
+    with pytest.raises(TrainingInterrupted, match="holds epoch 1 - continue with --resume"):
+        fit(first, train, val, config=config, preprocess=pre, run_dir=tmp_path / "b", meta=meta,
+            callbacks=[StopAt()], verbose=False)
+    assert read_meta(tmp_path / "b")["state"]["epoch"] == 1
+    resumed = create_model("mnist_cnn", 3, 1)
+    result = fit(resumed, train, val, config=config, preprocess=pre, run_dir=tmp_path / "b",
+                 meta=meta, resume=True, verbose=False)
+    assert [s.epoch for s in result.history] == [1, 2, 3]
+    a, b = load_run(tmp_path / "a").model.state_dict(), load_run(tmp_path / "b").model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_epoch(tmp_path):
+    train, val, pre, config, meta = _setup(tmp_path, epochs=3)
+
+    class Poison(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch == 2:
+                with torch.no_grad():
+                    state.model.network2.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, batch 1; try a lower learning rate"):
+        fit(create_model("mnist_cnn", 3, 1), train, val, config=config, preprocess=pre,
+            run_dir=tmp_path / "run", meta=meta, callbacks=[Poison()], verbose=False)
+    run = load_run(tmp_path / "run")
+    assert run.meta["state"]["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_interrupted_save_is_never_read_half_written(tmp_path):
+    model = create_model("mnist_linear", 3, 1)
+    save_run(tmp_path, model, {"model": {"name": "mnist_linear", "kwargs": {"num_classes": 3, "in_chans": 1}},
+                               "classes": ["a", "b", "c"], "preprocess": {}, "state": {"epoch": 1}})
+    staging = tmp_path / ".staging"
+    staging.mkdir()
+    (staging / META_FILE).write_text("{ half")  # a crash before COMPLETE
+    assert read_meta(tmp_path)["state"]["epoch"] == 1 and not staging.exists()
+    newer = {**read_meta(tmp_path), "state": {"epoch": 2}}
+    staging.mkdir()
+    (staging / META_FILE).write_text(json.dumps(newer))
+    (staging / "COMPLETE").touch()  # a crash after COMPLETE: rolled forward
+    assert read_meta(tmp_path)["state"]["epoch"] == 2 and not staging.exists()
+
+
+def test_train_api_and_resume_checks(tmp_path):
+    data = make_imageset(10, 2)
+    cfg = TrainConfig(epochs=1, batch_size=8, val_split=0.2)
+    res = convlab.train(data, "mnist_linear", cfg, out=tmp_path / "r", verbose=False)
+    assert res.test is None and len(res.history) == 1
+    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+        convlab.train(data, "mnist_linear", cfg, out=tmp_path / "r", verbose=False)
+    with pytest.raises(CheckpointError, match="trained with model 'mnist_linear', not 'mnist_mlp'"):
+        convlab.train(data, "mnist_mlp", cfg, out=tmp_path / "r", resume=True, verbose=False)
+    single = make_imageset(10, 1)
+    with pytest.raises(convlab.DatasetError, match="at least 2 classes"):
+        convlab.train(single, "mnist_linear", cfg, verbose=False)
+
+
+@pytest.mark.parametrize("loss,opt", [("mse", "sgd"), ("hinge", "nesterov"), ("cross-entropy", "adamw")])
+def test_losses_and_optimizers_train(loss, opt, tmp_path):
+    data = make_imageset(12, 3)
+    cfg = TrainConfig(epochs=4, batch_size=6, lr=0.05 if opt != "adamw" else 0.01, loss=loss,
+                      optimizer=opt, val_split=0)
+    res = convlab.train(data, "mnist_cnn", cfg, verbose=False)
+    assert res.history[-1].acc > res.history[0].acc or res.history[-1].acc == 1.0
+    assert res.history[-1].loss < res.history[0].loss
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(convlab.ConfigError, match="unknown optimizer 'adagrad'; valid: sgd, momentum"):
+        TrainConfig(optimizer="adagrad")
+    with pytest.raises(convlab.ConfigError, match="validation split must be in"):
+        TrainConfig(val_split=1.5)
+
+
+def test_predictor_reads_preprocessing_from_the_run(tmp_path):
+    from PIL import Image
+
+    data = make_imageset(12, 3)
+    convlab.train(data, "lenet5", TrainConfig(epochs=3, batch_size=6, lr=0.05, optimizer="momentum",
+                                              val_split=0), out=tmp_path / "run", verbose=False)
+    # a big RGBA file of class 1: the run pads/resizes and converts it itself
+    img = data.images[20, 0].numpy()
+    Image.fromarray(img).resize((56, 56)).convert("RGBA").save(tmp_path / "x.png")
+    pred = convlab.Predictor(tmp_path / "run").predict_files([tmp_path / "x.png"], top=2)[0]
+    assert pred.labels[0] == "class1" and len(pred.probs) == 2 and 0 <= pred.probs[1] <= pred.probs[0] <= 1
