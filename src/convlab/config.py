@@ -25,6 +25,7 @@ class TrainConfig:
     val_split: float = 0.1          # fraction held out for validation (0 = none)
     seed: int = 0                   # weights, split and batch order
     channels_last: bool = True      # NHWC memory layout for 4-D conv activations
+    sync_bn: bool = False           # BatchNorm statistics over the global batch across ranks
 
     def __post_init__(self) -> None:
         self.validate()

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `convlab` console script and `python -m convlab`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # re-run under torchrun (--nproc)
     warnings.showwarning = _warning_line
     try:
         return int(args.run(args) or 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import LOSSES, OPTIMIZERS, TrainConfig
 from ..errors import CheckpointError, DatasetError
 from ..tables import render_table
+from ..train.distributed import torchrun_command
 
 __all__ = ["register", "add_train_options", "train_config_from_args", "print_eval"]
 
@@ -34,13 +35,20 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-channels-last", action="store_true",
                    help="keep NCHW memory layout (channels_last is faster for convnets on CPU)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine, started through torchrun; each trains on "
+                        "its share of every batch (DistributedDataParallel; default 1)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with several processes: BatchNorm statistics over the whole batch "
+                        "(PyTorch's SyncBatchNorm, CUDA only)")
 
 
 def train_config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        optimizer=args.optimizer, momentum=args.momentum,
                        weight_decay=args.weight_decay, loss=args.loss, val_split=args.val_split,
-                       seed=args.seed, channels_last=not args.no_channels_last, **overrides)
+                       seed=args.seed, channels_last=not args.no_channels_last,
+                       sync_bn=getattr(args, "sync_bn", False), **overrides)
 
 
 def print_eval(result, title: str = "test") -> None:
@@ -169,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="resize images to this many pixels square")
     p.add_argument("--strict", action="store_true", help="unreadable files in a folder are an error")
     add_train_options(p)
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=torchrun_command(cmd_train))
 
     p = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a run")
     p.add_argument("run", help="run directory")

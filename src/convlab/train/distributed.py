@@ -1,10 +1,42 @@
-"""Helpers over torch.distributed: which rank this is, and sums across ranks."""
+"""Several processes through PyTorch's own distributed engine.
+
+`convlab train ... --nproc N` re-runs the same command under torch.distributed.run
+(torchrun); each copy then joins the process group torchrun describes in its
+environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK): gloo on CPU,
+NCCL for CUDA tensors. The fit loop wraps the model in DistributedDataParallel; the
+helpers here answer "which rank am I", sum small tensors across ranks, and keep
+rank 0 in charge of the run directory. Nothing here is a launcher or an all-reduce
+of our own: torchrun starts and watches the processes, torch.distributed reduces.
+"""
 from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["world", "is_main", "all_reduce_sum"]
+from ..errors import ConfigError, ConvlabError
+
+__all__ = ["world", "is_main", "all_reduce_sum", "local_rank", "launched_by_torchrun",
+           "backend_for", "process_group", "main_first", "barrier", "broadcast_buffers",
+           "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "torchrun_command",
+           "DistributedError"]
+
+# What torchrun exports to every process it starts.
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(ConvlabError):
+    """A process of a multi-process run failed; the others were stopped."""
+
+    exit_code = 3
 
 
 def world() -> tuple[int, int]:
@@ -15,6 +47,7 @@ def world() -> tuple[int, int]:
 
 
 def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one that prints and writes."""
     return world()[0] == 0
 
 
@@ -23,3 +56,173 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (no-op in one process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def local_rank() -> int:
+    """This process's index on its own machine (torchrun's LOCAL_RANK; 0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by torchrun (it sets RANK, WORLD_SIZE, MASTER_*)."""
+    return all(k in os.environ for k in _TORCHRUN_ENV)
+
+
+def backend_for(device: torch.device) -> str:
+    """gloo for CPU tensors; on CUDA, NCCL for CUDA tensors with gloo beside it for the
+    small CPU tensors (metric counts) the loop reduces."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def _raise_interrupt(signum, frame) -> None:
+    # torchrun stops the other processes with SIGTERM when one fails: turn it into the
+    # same clean stop as Ctrl-C (the fit loop keeps the last complete epoch and says so).
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device | str = "cpu") -> Iterator[tuple[int, int]]:
+    """Join the process group torchrun set up for this process, for the duration of
+    the block; yields (rank, world size). Outside torchrun (or when a group already
+    exists) this does nothing and yields the current (rank, world size)."""
+    device = torch.device(device)
+    if not launched_by_torchrun() or dist.is_initialized():
+        yield world()
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend_for(device))
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield world()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks (for work on the run
+    directory such as finishing an interrupted save, which must not race)."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DistributedDataParallel broadcasts them at the start of each forward pass, so
+    after the last training batch every rank holds its own update. Evaluation and
+    the saved weights must use one set: rank 0's, the one that is saved."""
+    if world()[1] > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """True when `exc` means another process of the group went away (gloo/NCCL error)."""
+    if world()[1] <= 1:
+        return False
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("closed by peer", "Connection reset", "Broken pipe",
+                            "NCCL communicator was aborted"))
+
+
+def launch(argv: Sequence[str], nproc: int, *, module: str = "convlab") -> int:
+    """Run `python -m convlab ARGV` as `nproc` local processes under torchrun
+    (torch.distributed.run, standalone rendezvous on this machine).
+
+    Returns 0 when every process succeeded; raises DistributedError naming the first
+    process that failed (its own error line is printed above, torchrun stopped the
+    rest), or KeyboardInterrupt on Ctrl-C (torchrun forwards it to the processes,
+    which keep their last complete epoch)."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1; got {nproc}")
+    if "OMP_NUM_THREADS" not in os.environ:
+        # torchrun would set 1 thread per process; share the machine's cores instead
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    args = torchrun.get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", module])
+    args.training_script_args = list(argv)  # passed on as given, never parsed by torchrun
+    try:
+        torchrun.run(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"was stopped by signal {-code}" if code < 0 else f"failed with exit code {code}"
+        if code == 130:
+            raise KeyboardInterrupt from None
+        raise DistributedError(f"process {rank} of {nproc} {how} (its message is above); "
+                               f"torchrun stopped the others") from None
+    except SignalException:
+        raise KeyboardInterrupt from None
+    return 0
+
+
+def relaunch_with_torchrun(argv: Sequence[str] | None, nproc: int | None) -> int | None:
+    """For `--nproc N` commands: re-run them under torchrun with N processes and return
+    the exit code; None when this process should do the work itself (N <= 1, or it
+    already is one of torchrun's processes)."""
+    if nproc is None or nproc == 1:
+        return None
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1; got {nproc}")
+    if launched_by_torchrun():
+        size = int(os.environ["WORLD_SIZE"])
+        if size != nproc and int(os.environ.get("RANK", "0")) == 0:
+            print(f"convlab: warning: --nproc {nproc} ignored; torchrun started {size} processes",
+                  file=sys.stderr)
+        return None
+    return launch(list(argv if argv is not None else sys.argv[1:]), nproc)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with its BatchNorm layers computing statistics over the whole global
+    batch (all ranks) instead of each rank's share: PyTorch's SyncBatchNorm, which
+    runs only on CUDA. The layers keep their Parameter objects and state-dict keys."""
+    if device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernels); "
+                          "on CPU drop --sync-bn: each process then normalises over its own "
+                          "share of the batch")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _device_type(device: str | torch.device) -> torch.device:
+    name = str(device)
+    cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def torchrun_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Make a CLI command (with --nproc and --device options) run on several processes.
+
+    With `--nproc N` (N > 1) the command re-runs itself under torchrun; in a process
+    started by torchrun (by `--nproc` or by the user's own `torchrun ... -m convlab`)
+    it joins the process group for its duration, and only rank 0 writes to stdout."""
+    @functools.wraps(run)
+    def command(args: argparse.Namespace) -> int:
+        code = relaunch_with_torchrun(getattr(args, "argv", None), getattr(args, "nproc", 1))
+        if code is not None:
+            return code
+        with process_group(_device_type(getattr(args, "device", "cpu"))) as (rank, _):
+            if rank == 0:
+                return run(args)
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return run(args)
+    return command

@@ -21,7 +21,8 @@ from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..errors import CheckpointError, ConvlabError, TrainingError
 from ..progress import progress
-from .distributed import all_reduce_sum, world
+from .distributed import (all_reduce_sum, broadcast_buffers, main_first, peer_lost,
+                          sync_batchnorm, world)
 from .metrics import evaluate
 from .optim import make_loss, make_optimizer
 
@@ -133,14 +134,20 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if size > 1 and getattr(config, "sync_bn", False):
+        model = sync_batchnorm(model, device)  # same Parameter objects, synchronised statistics
+    # bf16 autocast only on CUDA (where it is fast); the CPU path stays float32
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     optimizer = make_optimizer(param_groups if param_groups is not None else
                                [p for p in model.parameters() if p.requires_grad], config)
     loss_fn = make_loss(config)
     state = TrainState(model, optimizer, config)
     start_epoch = 0
     if resume and run_dir is not None and (run_dir / "meta.json").exists():
-        start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
-    net = DistributedDataParallel(model) if size > 1 else model
+        with main_first():  # rank 0 finishes an interrupted save before the others read
+            start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
+    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if size > 1 else model)
     batches = Batches(train, config.batch_size, preprocess, shuffle=True, seed=config.seed,
                       device=device, augment=augment, rank=rank, world_size=size,
                       channels_last=channels_last)
@@ -166,8 +173,10 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
                            enabled=verbose and main)
             for b, (x, y) in enumerate(batches):
                 state.batch = b
-                logits = net(x)
-                loss = loss_fn(logits, y)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    logits = net(x)
+                    # a rank's share of a short last batch can be empty
+                    loss = loss_fn(logits, y) if len(y) else logits.sum() * 0.0
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     bar.close()
@@ -176,7 +185,14 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
                         f"learning rate (now {optimizer.param_groups[0]['lr']:g})"
                         + (f"; {run_dir} still holds epoch {epoch - 1}" if run_dir and epoch > 1 else ""))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if size > 1:
+                    # DDP averages gradients over ranks with equal weight; weighting each
+                    # rank's mean loss by its share of this global batch makes the update
+                    # one process's, also when the batch does not split evenly.
+                    global_n = min(config.batch_size, len(train) - b * config.batch_size)
+                    (loss * (len(y) * size / global_n)).backward()
+                else:
+                    loss.backward()
                 optimizer.step()
                 state.step += 1
                 state.loss = loss.detach()
@@ -189,6 +205,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
                                     acc=f"{int(correct) / seen:.4f}")
             bar.close()
+            broadcast_buffers(model)  # every rank evaluates (and rank 0 saves) one set of BN stats
             totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
                                                  torch.tensor(float(seen), dtype=torch.float64)]))
             val_loss = val_acc = None
@@ -214,6 +231,13 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
         saved = state.history[-1].epoch if state.history else start_epoch
         where = f"; {run_dir} holds epoch {saved} - continue with --resume" if run_dir and saved else ""
         raise TrainingInterrupted(f"interrupted during epoch {state.epoch}{where}") from None
+    except RuntimeError as exc:
+        if not peer_lost(exc):
+            raise
+        saved = state.history[-1].epoch if state.history else start_epoch
+        where = f"; {run_dir} holds epoch {saved} - continue with --resume" if run_dir and saved else ""
+        raise TrainingError(f"process {rank} stopped during epoch {state.epoch}: another process "
+                            f"of the run went away ({str(exc).splitlines()[0][:160]}){where}") from None
     _emit(callbacks, "on_fit_end", state)
     if main and run_dir is not None:  # callbacks may have changed the weights (best epoch)
         _save(run_dir, model, optimizer, callbacks, state, base_meta, done=True)
