@@ -118,6 +118,7 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     if resume and out is not None and (out / META_FILE).exists():
         with main_first():  # reading may finish an interrupted save: rank 0 alone does that
             _check_resume(out, model, train_set.name)
+    torch.manual_seed(config.seed)  # the initial weights follow the seed (same in every process)
     net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
                                              model_kwargs=model_kwargs)
     meta = {"model": {"name": model, "kwargs": kwargs},
