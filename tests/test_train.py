@@ -164,7 +164,7 @@ def test_predictor_reads_preprocessing_from_the_run(tmp_path):
     from PIL import Image
 
     data = make_imageset(12, 3)
-    convlab.train(data, "lenet5", TrainConfig(epochs=3, batch_size=6, lr=0.05, optimizer="momentum",
+    convlab.train(data, "lenet5", TrainConfig(epochs=6, batch_size=6, lr=0.05, optimizer="momentum",
                                               val_split=0), out=tmp_path / "run", verbose=False)
     # a big RGBA file of class 1: the run pads/resizes and converts it itself
     img = data.images[20, 0].numpy()

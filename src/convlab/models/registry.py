@@ -118,8 +118,9 @@ def default_preprocess(name: str, in_chans: int | None = None,
     std = spec.std if len(spec.std) in (1, in_chans) else spec.std[:1]
     if in_chans == 1 and len(spec.mean) == 3:  # greyscale into an RGB-normalised model
         mean, std = (sum(spec.mean) / 3,), (sum(spec.std) / 3,)
+    native = (image_size, image_size) if spec.resize == "pad" and image_size else None
     return Preprocess(in_chans, (size, size), spec.resize, spec.crop_fraction, mean=mean, std=std,
-                      interpolation=spec.interpolation), size
+                      interpolation=spec.interpolation, image_size=native), size
 
 
 def count_parameters(name: str, num_classes: int = 10, in_chans: int | None = None,
