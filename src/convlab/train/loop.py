@@ -159,6 +159,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     base_meta.setdefault("classes", list(train.classes))
     base_meta["versions"] = library_versions()
     _emit(callbacks, "on_fit_start", state)
+    saved = start_epoch  # the last epoch in run_dir
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             state.epoch = epoch
@@ -225,16 +226,15 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
                 if run_dir is not None:
                     _save(run_dir, model, optimizer, callbacks, state, base_meta,
                           done=epoch == config.epochs or state.stop)
+            saved = epoch  # not reached when the save itself is interrupted
             if state.stop:
                 break
     except KeyboardInterrupt:
-        saved = state.history[-1].epoch if state.history else start_epoch
         where = f"; {run_dir} holds epoch {saved} - continue with --resume" if run_dir and saved else ""
         raise TrainingInterrupted(f"interrupted during epoch {state.epoch}{where}") from None
     except RuntimeError as exc:
         if not peer_lost(exc):
             raise
-        saved = state.history[-1].epoch if state.history else start_epoch
         where = f"; {run_dir} holds epoch {saved} - continue with --resume" if run_dir and saved else ""
         raise TrainingError(f"process {rank} stopped during epoch {state.epoch}: another process "
                             f"of the run went away ({str(exc).splitlines()[0][:160]}){where}") from None
