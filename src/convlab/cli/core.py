@@ -114,10 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train import evaluate, resolve_device
 
     device = resolve_device(args.device)
-    run = load_run(args.run, device)
+    run = load_run(args.run_dir, device)
     name = args.dataset or run.meta.get("dataset", {}).get("name")
     if not name:
-        raise DatasetError(f"{args.run}: the run does not name its dataset; give one: "
+        raise DatasetError(f"{args.run_dir}: the run does not name its dataset; give one: "
                            f"convlab evaluate RUN DATASET")
     split = args.split or ("test" if name in list_datasets() and "test" in dataset_spec(name).sizes
                            else "train")
@@ -138,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import Predictor
 
-    predictor = Predictor(args.run)
+    predictor = Predictor(args.run_dir)
     for p in predictor.predict_files(args.images, top=args.top):
         print(p)
     return 0
@@ -180,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=torchrun_command(cmd_train))
 
     p = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a run")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
     p.add_argument("dataset", nargs="?", help="dataset name or folder (default: the run's own)")
     p.add_argument("--split", choices=("train", "test"), help="split (default test where there is one)")
     p.add_argument("--json", action="store_true", help="print the full result (with confusion matrix) as JSON")
@@ -188,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class probabilities for image files")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
     p.add_argument("images", nargs="+", help="image files (any mode and size)")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
     p.set_defaults(run=cmd_predict)
