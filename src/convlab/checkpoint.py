@@ -184,6 +184,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
 
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
+    if meta.get("kind") == "features":  # transfer 'features': pretrained backbone + saved head
+        from .models.heads import load_features_model
+        return Run(run_dir, meta, load_features_model(run_dir / MODEL_FILE, meta).to(device).eval())
     try:
         spec = meta["model"]
         model = create_model(spec["name"], **spec.get("kwargs", {}))

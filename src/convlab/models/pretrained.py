@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
+__all__ = ["pretrained_model", "bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
            "load_state_adapted", "imagenet_classes", "weights_id", "LITE0_HEAD"]
 
 LITE0_HEAD = "classifier"  # timm tf_efficientnet_lite0's final Linear(1280, 1000)
@@ -188,3 +188,49 @@ def imagenet_classes() -> list[str]:
     if len(names) != 1000:
         raise ModelError(f"torchvision's ImageNet class list has {len(names)} names, not 1000")
     return names
+
+
+def _download_by_name(model: nn.Module, name: str, head: str) -> None:
+    """Online: the published ImageNet weights through torchvision's own loader (which
+    reads TORCH_HOME/hub/checkpoints first) or timm's; offline: a ModelError saying both ways."""
+    how = (f"model '{name}' has no bundled weights; pass --weights FILE (a torchvision or timm "
+           f"state-dict file for {name}), or run online to download them by name")
+    if os.environ.get("CONVLAB_OFFLINE"):
+        raise ModelError(how + " (CONVLAB_OFFLINE is set)")
+    try:
+        from .zoo import torchvision_weights
+        weights = torchvision_weights(name)
+    except (ImportError, ValueError, KeyError, AttributeError):
+        weights = None
+    try:
+        if weights is not None:
+            state = weights.get_state_dict(progress=True, weights_only=True)
+        else:
+            import timm
+            state = timm.create_model(name, pretrained=True).state_dict()
+    except Exception as exc:  # no network, no such published weights, a broken download
+        raise ModelError(f"{how} (download failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    load_state_adapted(model, state, head=head, label=f"the published weights of {name}")
+
+
+def pretrained_model(name: str, num_classes: int | None = None, in_chans: int = 3, *,
+                     weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Registered model `name` with ImageNet weights: from `weights` (a state-dict file)
+    when given, else the bundled ones, else downloaded by name when online.
+
+    num_classes defaults to the published head (1000); another number keeps the
+    backbone and a freshly initialised classifier.
+    """
+    from .registry import create_model, model_spec
+
+    spec = model_spec(name)
+    num_classes = getattr(spec, "num_classes", 1000) if num_classes is None else num_classes
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if weights is not None:
+        load_weights_file(model, weights, head=spec.head)
+    elif spec.load_pretrained is not None:
+        spec.load_pretrained(model)
+    else:
+        _download_by_name(model, name, spec.head)
+    return model

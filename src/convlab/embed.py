@@ -1,0 +1,243 @@
+"""Embeddings: a pretrained backbone's last hidden layer (or a chosen one) as feature
+vectors, with a content-addressed on-disk cache.
+
+    embed_images(images, "efficientnet_lite0") -> float32 (N, D)
+
+The cache lives in cache_root()/"embeddings"/<model key>/, where the model key hashes
+the backbone name, its weights, the layer and the preprocessing; inside, each image
+is keyed by a hash of its pixels and shape. New rows are written in shards of at most
+1,024 images (temp file, fsync, rename), so an interrupted run keeps every finished
+shard and never leaves a partial entry that could be read back. A second call on the
+same images computes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data import ImageSet, Preprocess
+from .data.sources import cache_root
+from .errors import ConfigError, DatasetError
+from .models import default_preprocess, model_spec
+from .models.backbone import FeatureExtractor
+from .models.pretrained import pretrained_model, weights_id
+from .progress import progress
+
+__all__ = ["embed_images", "embed_imageset", "Embedder", "backbone_preprocess", "image_keys",
+           "EMBED_CHUNK"]
+
+EMBED_CHUNK = 1024      # images per cache shard (what an interruption can lose at most)
+_MAX_SHARDS = 64        # more shards than this are merged into one
+
+
+def backbone_preprocess(backbone: str) -> Preprocess:
+    """The preprocessing that travels with a backbone's pretrained weights (3 channels)."""
+    return default_preprocess(backbone, 3)[0]
+
+
+def image_keys(images: torch.Tensor) -> np.ndarray:
+    """A 16-byte content hash per image (pixels and shape): uint8 (N, 16)."""
+    flat = np.ascontiguousarray(images.cpu().numpy().reshape(len(images), -1))
+    shape = str(tuple(images.shape[1:])).encode()
+    out = np.empty((len(images), 16), dtype=np.uint8)
+    for i, row in enumerate(flat):
+        h = hashlib.blake2b(row.data, digest_size=16, person=b"convlab-img")
+        h.update(shape)
+        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return out
+
+
+class _Cache:
+    """Shards of (keys uint8 (M, 16), emb float32 (M, D)) in one folder per model key."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def shards(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("*.safetensors") if not p.name.startswith("."))
+
+    def read(self) -> dict[bytes, torch.Tensor]:
+        rows: dict[bytes, torch.Tensor] = {}
+        for shard in self.shards():
+            try:
+                t = load_file(str(shard))
+                keys, emb = t["keys"].numpy(), t["emb"]
+                if keys.shape != (len(emb), 16):
+                    raise ValueError("keys and rows disagree")
+            except (SafetensorError, OSError, KeyError, ValueError):
+                shard.unlink(missing_ok=True)  # damaged (not by us: our writes are atomic)
+                continue
+            for k, e in zip(keys, emb):
+                rows[k.tobytes()] = e
+        return rows
+
+    def write(self, keys: np.ndarray, emb: torch.Tensor) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(keys.tobytes()).hexdigest()[:24] + ".safetensors"
+        path = self.folder / name
+        tmp = self.folder / f".{name}.tmp{os.getpid()}"
+        save_file({"keys": torch.from_numpy(np.ascontiguousarray(keys)),
+                   "emb": emb.float().contiguous()}, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def compact(self) -> None:
+        """Merge many small shards (the web app adds a few images at a time) into one."""
+        shards = self.shards()
+        if len(shards) <= _MAX_SHARDS:
+            return
+        rows = self.read()
+        keys = np.stack([np.frombuffer(k, dtype=np.uint8) for k in rows])
+        merged = self.write(keys, torch.stack(list(rows.values())))
+        for s in shards:  # every row of these is in the merged shard now
+            if s != merged:
+                s.unlink(missing_ok=True)
+
+
+@dataclass
+class EmbedStats:
+    images: int = 0
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+
+
+class Embedder:
+    """A frozen backbone (eval mode, channels_last) that turns uint8 images into feature
+    vectors, with the embeddings cache. Build it once and call `embed` many times."""
+
+    def __init__(self, backbone: str = "efficientnet_lite0", *, layer: str | None = None,
+                 weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 cache: bool = True, image_size: int | None = None) -> None:
+        spec = model_spec(backbone)
+        self.backbone, self.layer = backbone, layer or None
+        self.weights = None if weights is None else str(weights)
+        self.device = torch.device(device)
+        self.preprocess = backbone_preprocess(backbone)
+        if image_size is not None:  # a smaller input than the published one: faster, coarser
+            self.preprocess = self.preprocess.replace(size=(image_size, image_size))
+        model = pretrained_model(backbone, weights=weights)
+        self.model: nn.Module = FeatureExtractor(model, spec.head, self.layer).eval().to(self.device)
+        self.model.to(memory_format=torch.channels_last)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        key = json.dumps({"backbone": backbone, "weights": weights_id(weights), "layer": self.layer,
+                          "preprocess": self.preprocess.to_dict()}, sort_keys=True)
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
+        self.cache = _Cache(cache_root() / "embeddings" / self.key) if cache else None
+        self.stats = EmbedStats()
+
+    @property
+    def identity(self) -> dict:
+        """What a features run records about its backbone (meta.json)."""
+        return {"name": self.backbone, "layer": self.layer, "weights": self.weights,
+                "weights_id": weights_id(self.weights)}
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float32 (B, D), no cache."""
+        x = self.preprocess(images.to(self.device))           # (B, 3, 224, 224)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().cpu()                    # (B, D)
+
+    def embed(self, images: torch.Tensor, *, batch_size: int = 64, show_progress: bool = True
+              ) -> torch.Tensor:
+        """uint8 images (N, C, H, W), any size and 1 or 3 channels -> float32 (N, D)."""
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            raise DatasetError("embed_images needs uint8 images (N, C, H, W); got "
+                               f"{getattr(images, 'dtype', type(images).__name__)} with shape "
+                               f"{tuple(getattr(images, 'shape', ()))}")
+        if images.shape[1] not in (1, 3):
+            raise DatasetError(f"images must have 1 or 3 channels; got {images.shape[1]}")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1; got {batch_size}")
+        t0 = time.perf_counter()
+        n = len(images)
+        keys = image_keys(images) if self.cache is not None else None
+        known = self.cache.read() if self.cache is not None else {}
+        rows: list[torch.Tensor | None] = [known.get(k.tobytes()) for k in keys] if keys is not None \
+            else [None] * n
+        todo = [i for i, r in enumerate(rows) if r is None]
+        # identical images inside one call are computed once
+        first: dict[bytes | int, int] = {}
+        for i in todo:
+            first.setdefault(keys[i].tobytes() if keys is not None else i, i)
+        unique = list(first.values())
+        bar = progress(len(unique), f"embed ({self.backbone})", "img", enabled=show_progress)
+        for c in range(0, len(unique), EMBED_CHUNK):
+            chunk = unique[c:c + EMBED_CHUNK]
+            outs = []
+            for b in range(0, len(chunk), batch_size):
+                idx = torch.tensor(chunk[b:b + batch_size])
+                outs.append(self.forward(images[idx]))
+                bar.update(len(idx))
+            emb = torch.cat(outs)                              # (chunk, D)
+            for i, e in zip(chunk, emb):
+                rows[i] = e
+            if self.cache is not None:
+                self.cache.write(keys[chunk], emb)
+        bar.close()
+        for i in todo:
+            if rows[i] is None:
+                rows[i] = rows[first[keys[i].tobytes()]]
+        if self.cache is not None and unique:
+            self.cache.compact()
+        self.stats = EmbedStats(n, n - len(todo), len(unique), time.perf_counter() - t0)
+        if n == 0:
+            return torch.zeros(0, self.dim)
+        return torch.stack(rows).float()                       # (N, D)
+
+    @property
+    def dim(self) -> int:
+        return int(self.forward(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[1])
+
+
+_EMBEDDERS: dict[tuple, Embedder] = {}
+
+
+def _embedder(backbone: str, layer: str | None, weights, device, cache: bool,
+              image_size: int | None) -> Embedder:
+    key = (backbone, layer, None if weights is None else str(weights), str(device), cache, image_size)
+    if key not in _EMBEDDERS:
+        if len(_EMBEDDERS) >= 2:
+            _EMBEDDERS.pop(next(iter(_EMBEDDERS)))
+        _EMBEDDERS[key] = Embedder(backbone, layer=layer, weights=weights, device=device, cache=cache,
+                                   image_size=image_size)
+    return _EMBEDDERS[key]
+
+
+def embed_images(images: torch.Tensor, backbone: str = "efficientnet_lite0", *,
+                 layer: str | None = None, batch_size: int = 64, cache: bool = True,
+                 progress: bool = True, weights: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu", image_size: int | None = None) -> torch.Tensor:
+    """Feature vectors of uint8 images (N, C, H, W) of any size: float32 (N, D).
+
+    backbone: a registered model with pretrained weights (the bundled
+    efficientnet_lite0 by default, D = 1280); layer: a dotted layer name to take
+    instead of the pre-logit vector (its maps are average-pooled); weights: a
+    state-dict file instead of the bundled/published weights; image_size: the input
+    size instead of the published one (224). With `cache`, results
+    are stored on disk keyed by image content, backbone, weights, layer and
+    preprocessing, and a second call on the same images computes nothing.
+    """
+    return _embedder(backbone, layer, weights, device, cache, image_size).embed(
+        images, batch_size=batch_size, show_progress=progress)
+
+
+def embed_imageset(data: ImageSet, backbone: str = "efficientnet_lite0", **kw) -> torch.Tensor:
+    """embed_images over an ImageSet's images: float32 (N, D)."""
+    return embed_images(data.images, backbone, **kw)

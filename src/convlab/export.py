@@ -1,0 +1,164 @@
+"""Export a run to ONNX or TorchScript, with its preprocessing inside, checked against torch.
+
+`export_run(run, "onnx")` writes RUN/model.onnx whose metadata (`convlab_meta`) holds the
+classes and preprocessing; `"torchscript"` writes RUN/model.torchscript.pt with the same
+JSON as an extra file. At export the exported model and eager torch run on the same
+preprocessed batch: the largest absolute difference of the class probabilities must
+stay below 1e-4 and the top-1 classes must agree (the logits' difference is reported too), or the export is refused (nothing written).
+`OnnxModel` runs an exported file with ONNX Runtime (`convlab predict --backend onnx`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import Run, load_run, read_meta
+from .data import Preprocess
+from .errors import CheckpointError, ConfigError, ModelError
+
+__all__ = ["FORMATS", "EXPORT_FILES", "ExportResult", "export_run", "OnnxModel", "PARITY_TOLERANCE"]
+
+FORMATS = ("onnx", "torchscript")
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float        # of the class probabilities
+    same_top1: bool
+    bytes: int
+    max_logit_diff: float = 0.0
+
+
+def _export_meta(run: Run) -> str:
+    return json.dumps({"classes": run.classes, "preprocess": run.meta["preprocess"],
+                       "model": run.meta.get("model"), "kind": run.meta.get("kind", "model")})
+
+
+def _check_input(run: Run, batch: int = 4, seed: int = 0) -> torch.Tensor:
+    """A preprocessed batch of random images of the run's input size."""
+    pre = run.preprocess
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, pre.channels, *pre.size), dtype=torch.uint8, generator=gen)
+    return pre(images)
+
+
+def _atomic_target(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _parity(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, float, bool]:
+    """(max abs difference of probabilities, of logits, same top-1)."""
+    prob_diff = float((reference.softmax(1) - got.softmax(1)).abs().max())
+    logit_diff = float((reference - got).abs().max())
+    return prob_diff, logit_diff, bool(torch.equal(reference.argmax(1), got.argmax(1)))
+
+
+def export_run(run: Run | str | os.PathLike, fmt: str = "onnx", *, out: str | os.PathLike | None = None,
+               opset: int = 17) -> ExportResult:
+    """Write the run's model as ONNX or TorchScript (default into the run directory) after
+    a parity check against eager torch; raise ModelError when parity fails."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    run = run if isinstance(run, Run) else load_run(run)
+    path = Path(out) if out is not None else run.path / EXPORT_FILES[fmt]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = run.model.eval()
+    x = _check_input(run)
+    with torch.inference_mode():
+        reference = model(x).float()
+    tmp = _atomic_target(path)
+    meta = _export_meta(run)
+    try:
+        if fmt == "onnx":
+            got = _export_onnx(model, x, tmp, meta, opset)
+        else:
+            got = _export_torchscript(model, x, tmp, meta)
+        diff, logit_diff, same = _parity(reference, got)
+        if not (diff < PARITY_TOLERANCE and same):
+            raise ModelError(f"{fmt} export of {run.path} fails the parity check: max abs "
+                             f"probability difference {diff:.2e} (limit {PARITY_TOLERANCE:g}), "
+                             f"logits {logit_diff:.2e}, same top-1: "
+                             f"{same}; nothing written")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(path, fmt, diff, same, path.stat().st_size, logit_diff)
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, meta: str, opset: int) -> torch.Tensor:
+    import onnx
+
+    try:
+        with warnings.catch_warnings():  # the TorchScript-based exporter is the reliable one here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    except Exception as exc:  # an operator ONNX cannot express
+        raise ModelError(f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "convlab_meta", meta
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return OnnxModel(path).logits(x)
+
+
+def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, meta: str) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            scripted = torch.jit.trace(model, (x,), check_trace=False)
+        except Exception as exc:
+            raise ModelError(f"TorchScript export failed ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]})") from None
+        torch.jit.save(scripted, str(path), _extra_files={"convlab_meta.json": meta})
+        loaded = torch.jit.load(str(path))
+        return loaded(x).float()
+
+
+class OnnxModel:
+    """An exported ONNX file under ONNX Runtime: preprocessed float input -> logits."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no ONNX model; make it with: convlab export "
+                                  f"{self.path.parent} --format onnx")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise CheckpointError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta = json.loads(props["convlab_meta"]) if "convlab_meta" in props else {}
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        return Preprocess.from_dict(self.meta["preprocess"]) if "preprocess" in self.meta else None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """float input (N, C, H, W) -> logits (N, K)."""
+        out = self.session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out).float()
+
+
+def onnx_path(run_dir: str | os.PathLike) -> Path:
+    """Where a run's ONNX export lives (checking that the run exists)."""
+    read_meta(run_dir)
+    return Path(run_dir) / EXPORT_FILES["onnx"]
