@@ -14,8 +14,9 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..data.sources import cache_root
 from ..errors import ConvlabError
-from .learn import BACKBONE, HEADS, Jobs, Previewer, TrainOptions
+from .learn import BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TrainOptions, export_project
 from .security import Guard
 from .store import Limits, NotFound, Store, check_name
 
@@ -37,21 +38,28 @@ async def _files_from(request: Request, field: str = "files") -> list[tuple[str,
 
 
 def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | None = None,
-               limits: Limits = Limits()) -> FastAPI:
+               limits: Limits = Limits(), fast_preview: bool = True) -> FastAPI:
     """The teach app storing everything under `home`.
 
     token: required on every request when given; hosts: the Host header values the
-    app answers to (None: any, for the test client); limits: upload limits.
+    app answers to (None: any, for the test client); limits: upload limits;
+    fast_preview: export the backbone to ONNX once (in the background) and predict with
+    ONNX Runtime (eager torch until it is ready, or without it).
     """
     store = Store(home, limits)
     recovered = store.recover()
     jobs = Jobs(store)
-    previewer = Previewer(store)
+    backbone = OnnxBackbone(cache_root() / "onnx") if fast_preview else None
+    if backbone is not None:
+        backbone.path.parent.mkdir(parents=True, exist_ok=True)
+        backbone.start()
+    previewer = Previewer(store, backbone)
 
     app = FastAPI(title="convlab teach", version=__version__,
                   description="Teach an image classifier from your webcam or files; everything "
                               "stays on this machine. The UI at / uses exactly this API.")
     app.state.store, app.state.jobs, app.state.previewer = store, jobs, previewer
+    app.state.backbone = backbone
     app.state.recovered = recovered
 
     @app.exception_handler(ConvlabError)
@@ -194,6 +202,35 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
             data = await request.body()
         from starlette.concurrency import run_in_threadpool
         return await run_in_threadpool(previewer.predict, pid, data)
+
+    # -------------------------------------------------------------- export
+    @app.post("/api/projects/{pid}/export", summary="Export the latest model and the dataset",
+              description="Writes HOME/exports/project-P-model-M/ with run/ (for `convlab "
+                          "predict` and `convlab evaluate`), model.onnx (preprocessing in its "
+                          "metadata) and dataset.zip (one folder per class).")
+    def export(pid: int) -> dict:
+        out = export_project(store, pid)
+        base = f"/api/projects/{pid}/export/{out['model_id']}"
+        out["downloads"] = {"run.zip": f"{base}/run.zip", "model.onnx": f"{base}/model.onnx",
+                            "dataset.zip": f"{base}/dataset.zip"}
+        return out
+
+    @app.get("/api/projects/{pid}/export/{mid}/{name}", summary="Download an exported file")
+    def download(pid: int, mid: int, name: str):
+        folder = store.home / "exports" / f"project-{pid}-model-{mid}"
+        if name not in ("run.zip", "model.onnx", "dataset.zip") or not folder.is_dir():
+            raise NotFound(f"no export {name!r} for project {pid}, model {mid}; POST "
+                           f"/api/projects/{pid}/export first")
+        if name == "run.zip":
+            import io
+            import zipfile
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted((folder / "run").iterdir()):
+                    zf.write(f, f"project-{pid}-model-{mid}/{f.name}")
+            return Response(buf.getvalue(), media_type="application/zip", headers={
+                "Content-Disposition": f'attachment; filename="project-{pid}-model-{mid}-run.zip"'})
+        return FileResponse(folder / name, filename=f"project-{pid}-model-{mid}-{name}")
 
     # ------------------------------------------------------------------ UI
     @app.get("/", include_in_schema=False)

@@ -22,7 +22,8 @@ import torch
 from ..errors import ConfigError, ConvlabError, DatasetError
 from .store import Conflict, NotFound, Store, canonical_image
 
-__all__ = ["TrainOptions", "Jobs", "Previewer", "HEADS", "BACKBONE", "stratified_holdout"]
+__all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "export_project", "HEADS", "BACKBONE",
+           "stratified_holdout", "load_head"]
 
 BACKBONE = "efficientnet_lite0"
 HEADS = ("knn", "linear", "mlp")
@@ -109,8 +110,8 @@ def _embed(images: torch.Tensor) -> np.ndarray:
     """uint8 (N, 3, H, W) -> float32 (N, D) with the bundled backbone (no disk cache:
     the store keeps embeddings itself)."""
     from ..embed import embed_images
-    out = embed_images(images, BACKBONE, cache=False, progress=False)
-    return np.asarray(out, dtype=np.float32)
+    out = embed_images(images, BACKBONE, cache=False, progress=False, batch_size=_EMBED_BATCH)
+    return out.numpy()
 
 
 @dataclass
@@ -235,11 +236,13 @@ class Jobs:
             x_train = np.concatenate([x_train, *extra])
             y_train = np.concatenate([y_train, *extra_y])
         job.stage, job.done, job.total = "fitting", 0, options.epochs if options.head != "knn" else 1
-        head_opts = ({"k": options.k} if options.head == "knn"
-                     else {"epochs": options.epochs, "lr": options.lr, "seed": options.seed})
-        head = fit_head(options.head, x_train, y_train, **head_opts)
+        head_opts = {"knn": {"k": options.k}, "linear": {},
+                     "mlp": {"epochs": options.epochs, "lr": options.lr}}[options.head]
+        head = fit_head(options.head, torch.from_numpy(x_train), torch.from_numpy(y_train),
+                        num_classes=len(classes), seed=options.seed, **head_opts)
+        _floor_scale(head)
         job.stage = "evaluating"
-        probs = np.asarray(head.predict_proba(emb[held_idx.numpy()]))
+        probs = head.predict_proba(torch.from_numpy(emb[held_idx.numpy()])).numpy()
         pred = probs.argmax(1)
         truth = y[held_idx].numpy()
         k = len(classes)
@@ -254,11 +257,37 @@ class Jobs:
         final = self.store.model_dir / str(job.model_id)
         tmp = final.with_name(f"{job.model_id}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_features_run(tmp, head, classes, backbone=BACKBONE,
-                          extra_meta={"teach": {"project_id": job.project_id,
-                                                "options": asdict(options), "metrics": metrics}})
+        save_features_run(tmp, head, classes=classes, backbone=BACKBONE,
+                          meta={"teach": {"project_id": job.project_id,
+                                          "options": asdict(options), "metrics": metrics}})
         os.replace(tmp, final)
         return classes, metrics
+
+
+def _floor_scale(head) -> None:
+    """Floor the head's per-dimension standardisation at 1% of the median std.
+
+    With a few dozen training images some backbone features are constant (exactly 0
+    after ReLU6), so their std is ~0 and a new image's small value there is multiplied
+    by up to 1e6, which drowns every other feature (a dense head then answers wrongly
+    with probability 1). The training images sit exactly at the mean on those
+    dimensions, so the floor leaves the head's outputs on them unchanged.
+    """
+    std = getattr(head, "std", None)
+    if isinstance(std, torch.Tensor) and std.numel():
+        with torch.no_grad():
+            std.clamp_(min=float(std.median()) * 0.01)
+
+
+def load_head(run_dir: Path):
+    """The head of a features run (its backbone is the shared embedder's)."""
+    from safetensors.torch import load_model
+
+    from ..checkpoint import MODEL_FILE, read_meta
+    from ..models.heads import build_head
+    head = build_head(read_meta(run_dir)["head"])
+    load_model(head, str(run_dir / MODEL_FILE), strict=True)
+    return head.eval()
 
 
 def _lower_priority() -> None:
@@ -270,11 +299,69 @@ def _lower_priority() -> None:
         pass
 
 
+class OnnxBackbone:
+    """The frozen backbone exported once to ONNX (parity-checked against torch by
+    `convlab.export`) and run by ONNX Runtime on one thread per request: on this CPU a
+    single frame takes a fraction of eager torch's time, and concurrent requests run
+    side by side instead of fighting over the same compute threads."""
+
+    def __init__(self, folder: Path) -> None:
+        """folder: where the .onnx file is kept (derived data: the cache)."""
+        from ..models.pretrained import weights_id
+        self.path = folder / f"{BACKBONE}-{weights_id(None)}.onnx"
+        self._lock = threading.Lock()
+        self._model = None
+        self.error = ""
+
+    def start(self) -> threading.Thread:
+        """Build (or load) the ONNX file in the background, at low priority."""
+        def work():
+            _lower_priority()
+            self.ensure()
+        thread = threading.Thread(target=work, daemon=True, name="onnx-backbone")
+        thread.start()
+        return thread
+
+    def ensure(self):
+        with self._lock:
+            if self._model is None and not self.error:
+                try:
+                    self._model = self._load()
+                except Exception as exc:  # preview falls back to torch; say why
+                    self.error = f"{type(exc).__name__}: {exc}"
+            return self._model
+
+    def _load(self):
+        from ..checkpoint import Run
+        from ..embed import backbone_preprocess
+        from ..export import OnnxModel, export_run
+        from ..models import model_spec
+        from ..models.backbone import FeatureExtractor
+        from ..models.pretrained import pretrained_model
+
+        if not self.path.exists():
+            extractor = FeatureExtractor(pretrained_model(BACKBONE), model_spec(BACKBONE).head).eval()
+            meta = {"kind": "backbone", "classes": [], "model": {"name": BACKBONE},
+                    "preprocess": backbone_preprocess(BACKBONE).to_dict()}
+            export_run(Run(self.path.parent, meta, extractor), "onnx", out=self.path)
+        model = OnnxModel(self.path, threads=1)
+        model.pre = model.preprocess
+        return model
+
+    def embed(self, images: torch.Tensor) -> np.ndarray | None:
+        """uint8 (N, 3, H, W) -> float32 (N, D), or None while the file is not ready."""
+        model = self._model
+        if model is None:
+            return None
+        return model.logits(model.pre(images)).numpy()        # (N, D)
+
+
 class Previewer:
     """Live predictions with a project's latest trained model."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backbone: OnnxBackbone | None = None) -> None:
         self.store = store
+        self.backbone = backbone
         self._lock = threading.Lock()
         self._heads: dict[int, tuple[int, object, list[str]]] = {}  # pid -> (model id, head, classes)
 
@@ -286,8 +373,7 @@ class Previewer:
         with self._lock:
             cached = self._heads.get(pid)
             if cached is None or cached[0] != model["id"]:
-                from ..transfer import load_features_head
-                head = load_features_head(self.store.model_dir / str(model["id"]))
+                head = load_head(self.store.model_dir / str(model["id"]))
                 cached = (model["id"], head, model["classes"])
                 self._heads[pid] = cached
         return cached
@@ -296,9 +382,49 @@ class Previewer:
         """Class probabilities for one image file (a webcam frame or a dropped file)."""
         t0 = time.perf_counter()
         mid, head, classes = self._head(pid)
-        img = canonical_image(data, self.store.limits)            # (3, 256, 256)
-        emb = _embed(img[None])                                   # (1, D)
-        probs = np.asarray(head.predict_proba(emb))[0]
-        order = np.argsort(-probs)
+        img = canonical_image(data, self.store.limits)[None]      # (1, 3, 256, 256)
+        emb = self.backbone.embed(img) if self.backbone is not None else None
+        engine = "onnxruntime"
+        if emb is None:
+            emb, engine = _embed(img), "torch"                    # (1, D)
+        probs = head.predict_proba(torch.from_numpy(emb))[0].numpy()
         return {"model_id": mid, "classes": classes, "probs": [float(p) for p in probs],
-                "top": classes[int(order[0])], "ms": round((time.perf_counter() - t0) * 1000, 1)}
+                "top": classes[int(probs.argmax())], "engine": engine,
+                "ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+
+def export_project(store: Store, pid: int) -> dict:
+    """Write the project's latest model and its data to HOME/exports/project-P-model-M/:
+    run/ (a features run for `convlab predict` / `evaluate`), model.onnx (with its
+    preprocessing metadata, parity-checked) and dataset.zip (folder of class folders).
+    Built in a temporary folder and renamed into place."""
+    import zipfile
+
+    from ..export import export_run
+
+    model = store.latest_model(pid)
+    if model is None:
+        store.project(pid)
+        raise NotFound(f"project {pid} has no trained model to export; train it first")
+    exports = store.home / "exports"
+    final = exports / f"project-{pid}-model-{model['id']}"
+    tmp = exports / f".{final.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copytree(store.model_dir / str(model["id"]), tmp / "run")
+        onnx = export_run(tmp / "run", "onnx", out=tmp / "model.onnx")
+        classes, labels, shas = store.project_samples(pid)
+        with zipfile.ZipFile(tmp / "dataset.zip", "w", zipfile.ZIP_STORED) as zf:
+            for label, sha in zip(labels, shas):  # names were checked: one safe path part each
+                zf.write(store.blob_path(sha), f"{classes[label]}/{sha[:16]}.jpg")
+        old = exports / f".{final.name}.old{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"dir": str(final), "run": str(final / "run"), "onnx": str(final / "model.onnx"),
+            "dataset": str(final / "dataset.zip"), "model_id": model["id"], "images": len(shas),
+            "classes": classes, "onnx_max_abs_diff": onnx.max_abs_diff}

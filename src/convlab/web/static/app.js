@@ -96,11 +96,15 @@ function classCard(c) {
     card.remove();
   }));
   const rec = $(".record", card);
-  const start = e => { e.preventDefault(); startRecording(c, card, rec); };
+  const start = e => {
+    e.preventDefault();
+    if (e.pointerId !== undefined) rec.setPointerCapture(e.pointerId);  // layout may move under the pointer
+    startRecording(c, card, rec);
+  };
   const stop = () => stopRecording(rec);
   rec.addEventListener("pointerdown", start);
   rec.addEventListener("pointerup", stop);
-  rec.addEventListener("pointerleave", stop);
+  rec.addEventListener("pointercancel", stop);
   rec.addEventListener("keydown", e => { if (e.key === " " && !e.repeat) start(e); });
   rec.addEventListener("keyup", e => { if (e.key === " ") stop(); });
   $(".upload", card).addEventListener("change", e => {
@@ -133,7 +137,7 @@ function thumb(s, card) {
   const t = document.createElement("div");
   t.className = "thumb";
   const img = document.createElement("img");
-  img.src = `/api/images/${s.sha}`; img.loading = "lazy"; img.alt = "sample";
+  img.src = `/api/images/${s.sha}`; img.alt = "sample";
   const del = document.createElement("button");
   del.textContent = "×"; del.title = "Delete this image";
   del.addEventListener("click", () => guarded(async () => {
@@ -156,6 +160,7 @@ async function sendSamples(c, card, blobs, source) {
   blobs.forEach((b, i) => form.append("files", b, b.name || `frame${i}.jpg`));
   const added = await api("POST", `/api/classes/${c.id}/samples?source=${source}`, form);
   addThumbs(card, added);
+  loadProjectList();
   return added.length;
 }
 
@@ -219,34 +224,39 @@ function grabFrame() {
 
 async function startRecording(c, card, button) {
   if (state.recording) return;
-  if (!(await startWebcam())) return;
-  const rec = { frames: [], timer: null, sending: Promise.resolve(), total: 0 };
+  // The record object exists from the press on, so a release while the webcam is still
+  // starting is not lost.
+  const rec = { frames: [], timer: null, sending: Promise.resolve(), held: true, button };
   state.recording = rec;
   button.classList.add("recording");
   button.textContent = "● Recording…";
-  const flush = () => {
+  rec.flush = () => {
     const batch = rec.frames.splice(0);
     if (!batch.length) return;
     rec.sending = rec.sending.then(() => guarded(() => sendSamples(c, card, batch, "webcam")));
   };
+  if (!(await startWebcam()) || !rec.held) { finishRecording(rec); return; }
   rec.timer = setInterval(async () => {
     const b = await grabFrame();
-    if (b) { rec.frames.push(b); rec.total++; }
-    if (rec.frames.length >= 4) flush();
+    if (b) rec.frames.push(b);
+    if (rec.frames.length >= 4) rec.flush();
   }, 1000 / RECORD_FPS);
-  rec.flush = flush;
-  rec.button = button;
 }
 
 async function stopRecording(button) {
   const rec = state.recording;
   if (!rec || rec.button !== button) return;
+  rec.held = false;
+  if (rec.timer !== null) await finishRecording(rec);
+}
+
+async function finishRecording(rec) {
   clearInterval(rec.timer);
-  state.recording = null;
+  if (state.recording === rec) state.recording = null;
   await new Promise(r => setTimeout(r, 150));   // the last grab in flight
   rec.flush();
-  button.classList.remove("recording");
-  button.textContent = "● Hold to record";
+  rec.button.classList.remove("recording");
+  rec.button.textContent = "● Hold to record";
   await rec.sending;
 }
 
@@ -263,9 +273,9 @@ function trainOptions() {
 }
 
 function syncHeadFields() {
-  const knn = $("#head").value === "knn";
-  document.querySelectorAll(".dense").forEach(e => { e.hidden = knn; });
-  document.querySelectorAll(".knn").forEach(e => { e.hidden = !knn; });
+  const head = $("#head").value;
+  document.querySelectorAll(".dense").forEach(e => { e.hidden = head !== "mlp"; });
+  document.querySelectorAll(".knn").forEach(e => { e.hidden = head !== "knn"; });
 }
 
 async function train() {
@@ -384,23 +394,32 @@ function showPrediction(r) {
 }
 
 async function previewLoop() {
+  // Two requests in flight: the next frame is encoded and sent while the server works on
+  // the last one, so the rate is set by the slower side, not by both added up.
   const pid = state.project.id;
   const times = [];
-  while (state.previewing && state.project && state.project.id === pid) {
-    const frame = await grabFrame();
-    if (!frame) { await new Promise(r => setTimeout(r, 50)); continue; }
-    try {
-      const r = await api("POST", `/api/projects/${pid}/predict`, undefined, frame);
-      showPrediction(r);
-      const now = performance.now();
-      times.push(now);
-      while (times.length && now - times[0] > 2000) times.shift();
-      if (times.length > 1) $("#rate").textContent =
-        `${((times.length - 1) * 1000 / (now - times[0])).toFixed(1)} predictions/s · ${r.ms} ms on the server`;
-    } catch (e) {
-      say(e.message); state.previewing = false;
+  let sent = 0, shown = 0;
+  const worker = async () => {
+    while (state.previewing && state.project && state.project.id === pid) {
+      const frame = await grabFrame();
+      if (!frame) { await new Promise(r => setTimeout(r, 50)); continue; }
+      const mine = ++sent;
+      try {
+        const r = await api("POST", `/api/projects/${pid}/predict`, undefined, frame);
+        if (mine < shown || !state.previewing) continue;   // an older frame answered late
+        shown = mine;
+        showPrediction(r);
+        const now = performance.now();
+        times.push(now);
+        while (times.length && now - times[0] > 2000) times.shift();
+        if (times.length > 1) $("#rate").textContent =
+          `${((times.length - 1) * 1000 / (now - times[0])).toFixed(1)} predictions/s · ${r.ms} ms on the server`;
+      } catch (e) {
+        say(e.message); state.previewing = false;
+      }
     }
-  }
+  };
+  await Promise.all([worker(), worker()]);
   $("#preview-toggle").classList.remove("active");
 }
 
