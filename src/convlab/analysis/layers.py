@@ -294,8 +294,6 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
 
     handles = []
     for m in names:
-        if m is model:
-            continue
         handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(hook))
     x = torch.zeros((1, *input_shape), device=device)
@@ -328,19 +326,17 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
         return w, b
 
     layers, blocks = [], {}
-    uncalled = [m for m in names if m not in calls and m is not model]
+    uncalled = [m for m in names if m not in calls]
     for m in order + uncalled:
         leaf = next(m.children(), None) is None
+        name = names[m] or "(model)"  # the top module itself: a bare layer, or own parameters
         w, b = own_params(m)
         if (leaf and m in calls) or w or b:  # never-run layers only when they hold weights
-            units, conn, macs = counts.get(m, (0, 0, 0))
-            layers.append(LayerStats(names[m], _type_name(m), layer_kind(m), shapes.get(m, ()),
-                                     units, conn, w, b, macs, calls.get(m, 0)))
-        if not leaf:
-            blocks[names[m]] = LayerStats(names[m], _type_name(m), "block", shapes.get(m, ()),
-                                          0, 0, 0, 0, 0, calls.get(m, 0))
-    w, b = own_params(model)  # parameters held by the top module itself
-    if w or b:
-        layers.append(LayerStats("(model)", type(model).__name__, "other", (), 0, 0, w, b, 0, 1))
+            units, conn, macs = counts.get(m, (0, 0, 0)) if leaf or m is not model else (0, 0, 0)
+            layers.append(LayerStats(name, _type_name(m), layer_kind(m) if leaf else "other",
+                                     shapes.get(m, ()), units, conn, w, b, macs, calls.get(m, 0)))
+        if not leaf and m is not model:
+            blocks[name] = LayerStats(name, _type_name(m), "block", shapes.get(m, ()),
+                                      0, 0, 0, 0, 0, calls.get(m, 0))
     return ModelStats(tuple(input_shape), tuple(out.shape[1:]) if out is not None else (),
                       layers, int(depth), blocks)

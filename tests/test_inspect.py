@@ -1,0 +1,191 @@
+"""`convlab inspect` and `conv-cost`: counts worked by hand, invariants, agreement with
+torch.utils.flop_counter and torchvision, the comparison, and the errors."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from convlab.analysis import layer_stats, model_stats, parse_input
+from convlab.analysis.conv_cost import bottleneck_costs, conv_cost, separable_costs
+from convlab.cli import main
+from convlab.errors import ConfigError, ModelError
+from convlab.models import create_model
+
+
+def _only(stats, kind):
+    rows = [r for r in stats.layers if r.kind == kind]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_one_conv_layer_by_hand():
+    # M=3 input channels, N=8 kernels of K=5, 'same' padding on a 28x28 map
+    stats = layer_stats(nn.Sequential(nn.Conv2d(3, 8, 5, padding=2)), (3, 28, 28))
+    r = _only(stats, "conv")
+    assert r.out_shape == (8, 28, 28)
+    assert r.units == 28 * 28 * 8                       # W*H*N = 6,272
+    assert r.connections == 28 * 28 * 5 * 5 * 3 * 8     # W*H*K*K*M*N = 470,400
+    assert r.weights == 5 * 5 * 3 * 8 and r.biases == 8
+    assert r.macs == r.connections
+
+
+def test_depthwise_grouped_and_strided_convs_by_hand():
+    dw = _only(layer_stats(nn.Conv2d(16, 16, 3, padding=1, groups=16), (16, 10, 10)), "conv")
+    assert dw.type == "Conv2d dw"
+    assert dw.connections == 10 * 10 * 3 * 3 * 16 * 16 // 16 == 14_400
+    assert dw.weights == 3 * 3 * 16
+    g = _only(layer_stats(nn.Conv2d(8, 12, 3, groups=4, bias=False), (8, 9, 9)), "conv")
+    assert g.type == "Conv2d g=4" and g.out_shape == (12, 7, 7)
+    assert g.connections == 7 * 7 * 3 * 3 * 8 * 12 // 4 and g.weights == 3 * 3 * 8 * 12 // 4
+    assert g.biases == 0
+    s = _only(layer_stats(nn.Conv2d(1, 4, 3, stride=2), (1, 11, 11)), "conv")
+    assert s.units == 5 * 5 * 4 and s.connections == 5 * 5 * 3 * 3 * 1 * 4
+
+
+def test_linear_pool_and_norm_by_hand():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 7))
+    stats = layer_stats(model, (1, 6, 6))
+    pool, lin, bn = _only(stats, "pool"), _only(stats, "linear"), _only(stats, "norm")
+    assert pool.units == 4 * 3 * 3 and pool.connections == 4 * 3 * 3 * 2 * 2 and pool.macs == 0
+    assert lin.units == 7 and lin.connections == lin.macs == 36 * 7          # M*N
+    assert lin.weights == 36 * 7 and lin.biases == 7
+    assert bn.units == 0 and bn.weights == 4 and bn.biases == 4
+    assert stats.params == sum(p.numel() for p in model.parameters())
+    assert stats.depth == 2
+
+
+def test_mnist_cnn_the_lectures_numbers():
+    s = model_stats("mnist_cnn")
+    conv = _only(s, "conv")
+    assert conv.weights + conv.biases == 5 * 5 * 1 * 32 + 32
+    assert conv.units == 28 * 28 * 32 and conv.connections == 28 * 28 * 5 * 5 * 32
+    assert s.params == 63_626
+    assert s.total("units") == 28 * 28 * 32 + 14 * 14 * 32 + 10
+    assert s.total("connections") == 28 * 28 * 25 * 32 + 14 * 14 * 32 * 4 + 14 * 14 * 32 * 10
+
+
+def test_alexnet_shares_and_published_count():
+    s = model_stats("alexnet")
+    assert s.params == 61_100_840 and s.input_shape == (3, 224, 224) and s.output_shape == (1000,)
+    sh = s.shares()
+    assert sh["linear"]["params"] > 0.9            # weights: mostly the fully connected layers
+    assert sh["conv"]["connections"] > 0.9         # connections: mostly the conv layers
+    assert sh["conv"]["units"] > 0.8               # units: mostly the conv layers
+    assert sum(v["params"] for v in sh.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "googlenet", "mobilenet_v3_small",
+                                  "squeezenet1_1", "efficientnet_lite0", "tiny_yolo_face",
+                                  "lenet5", "mnist_mlp"])
+def test_macs_agree_with_torch_flop_counter(name):
+    s = model_stats(name, num_classes=10)
+    with torch.device("meta"):
+        model = create_model(name, 10).eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.empty(1, *s.input_shape, device="meta"))
+    assert s.macs == pytest.approx(counter.get_total_flops() / 2, rel=0.01)
+    assert s.flops == 2 * s.macs
+    assert s.params == sum(p.numel() for p in model.parameters())
+
+
+def test_depth_is_the_longest_chain_of_weight_layers():
+    assert model_stats("alexnet").depth == 8
+    assert model_stats("vgg16").depth == 16
+    assert model_stats("resnet50").depth == 50      # the residual shortcut is not the longest
+    assert model_stats("densenet121").depth == 121  # dense concatenations followed
+
+
+def test_grouping_by_depth_keeps_totals():
+    s = model_stats("resnet18")
+    blocks = s.grouped(1)
+    assert [r.name for r in blocks][:4] == ["conv1", "bn1", "relu", "maxpool"]
+    layer1 = next(r for r in blocks if r.name == "layer1")
+    assert layer1.out_shape == (64, 56, 56) and layer1.type == "Sequential"
+    for col in ("units", "connections", "weights", "biases", "macs"):
+        assert sum(getattr(r, col) for r in blocks) == s.total(col)
+        assert sum(getattr(r, col) for r in s.grouped(2)) == s.total(col)
+
+
+def test_cli_table_json_csv(capsys):
+    assert main(["inspect", "alexnet"]) == 0
+    out = capsys.readouterr().out
+    assert "61,100,840" in out and "FLOPs = 2 x MACs" in out
+    assert "conv" in out and "96.0%" in out   # the linear layers' share of the parameters
+    assert main(["inspect", "mnist_cnn", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["classes"] == 10 and data["totals"]["params"] == 63_626
+    for col in ("units", "connections", "weights", "biases", "MACs"):   # rows add up to totals
+        key = "macs" if col == "MACs" else col
+        assert sum(r[col] for r in data["layers"]) == data["totals"][key]
+    assert main(["inspect", "resnet18", "--depth", "1", "--format", "csv", "--classes", "10"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[-1]["layer"] == "total" and int(rows[-1]["weights"]) + int(rows[-1]["biases"]) == \
+        sum(p.numel() for p in create_model("resnet18", 10).parameters())
+    assert main(["inspect", "tiny_yolo_face", "--depth", "1", "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| conv12 " in out and "25x7x7" in out and "512x7x7" in out
+
+
+def test_cli_input_and_channels(capsys):
+    assert main(["inspect", "mnist_cnn", "--input", "1x56x56", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["input"] == [1, 56, 56] and data["layers"][0]["output"] == "32x56x56"
+    assert main(["inspect", "resnet18", "--input", "1x64x64", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["layers"][0]["weights"] == 7 * 7 * 1 * 64 and data["classes"] == 1000
+
+
+def test_compare_all_issue_models(capsys):
+    names = "alexnet,vgg16,googlenet,resnet50,mobilenet_v2,squeezenet1_0,densenet121,efficientnet_lite0"
+    assert main(["inspect", "--compare", names, "--format", "json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == names.split(",")
+    assert rows["alexnet"]["parameters"] == 61_100_840
+    assert rows["vgg16"]["parameters"] == 138_357_544 and rows["resnet50"]["depth"] == 50
+    assert rows["resnet50"]["ImageNet top-1 %"] == pytest.approx(76.1)
+    assert rows["efficientnet_lite0"]["ImageNet top-1 %"] is None
+    assert rows["mobilenet_v2"]["MACs"] < rows["resnet50"]["MACs"] < rows["vgg16"]["MACs"]
+
+
+def test_errors(capsys):
+    assert main(["inspect", "resnet81"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet81'" in err and "did you mean" in err and err.count("\n") == 1
+    assert main(["inspect", "alexnet", "--input", "3x40x40"]) == 2
+    err = capsys.readouterr().err
+    assert "too small" in err and "'features.12'" in err and "3x63x63" in err
+    assert main(["inspect", "lenet5", "--input", "1x28x28"]) == 2
+    assert "'features.6'" in capsys.readouterr().err          # C5 has a 4x4 input for a 5x5 kernel
+    for bad in ("3x224x", "abc", "0x10x10", "2x224x224"):
+        assert main(["inspect", "alexnet", "--input", bad]) == 2
+        assert "--input" in capsys.readouterr().err
+    assert main(["inspect", "--compare", "alexnet,vgg61"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        parse_input("3x-1x4")
+
+
+def test_conv_cost_lecture_examples(capsys):
+    std = conv_cost(480, 48, 5, 14)
+    assert std.macs == 14 * 14 * 48 * 5 * 5 * 480 == 112_896_000
+    a, b = bottleneck_costs(480, 48, 5, 14, bottleneck=16)
+    assert (a.macs, b.macs) == (1_505_280, 3_763_200)
+    assert conv_cost(6, 6, 3, 1).weights_per_output_channel == 54
+    dw, pw = separable_costs(6, 6, 3, 1)
+    assert dw.weights_per_output_channel + pw.weights_per_output_channel == 9 + 6
+    assert main(["conv-cost"]) == 0
+    out = capsys.readouterr().out
+    assert "112.9M" in out and "1.5M + 3.8M = 5.3M" in out and "= 54" in out and "= 15" in out
+    assert main(["conv-cost", "--in", "64", "--out", "128", "--kernel", "3", "--size", "56",
+                 "--separable", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert str(56 * 56 * 3 * 3 * 64 * 128) in out and str(56 * 56 * 9 * 64 + 56 * 56 * 64 * 128) in out
+    assert main(["conv-cost", "--in", "10", "--out", "4", "--kernel", "0"]) == 2
