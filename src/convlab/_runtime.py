@@ -15,18 +15,19 @@ _M_MMAP_MAX = -4
 _done = False
 
 
-def tune_malloc() -> bool:
-    """Stop glibc from unmapping and trimming freed memory. True when applied."""
+def tune_malloc(enable: bool = True) -> bool:
+    """Stop glibc from unmapping and trimming freed memory (enable=False restores glibc's
+    defaults, as benchmarks do for their reference). True when applied."""
     global _done
-    if _done:
+    if enable and _done:
         return True
-    if os.environ.get("CONVLAB_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
+    if enable and os.environ.get("CONVLAB_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
+        ok = libc.mallopt(_M_MMAP_MAX, 0 if enable else 65536) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, (1 << 30) if enable else 128 * 1024) == 1 and ok
     except (OSError, AttributeError):
         return False
-    _done = ok
+    _done = ok and enable
     return ok
