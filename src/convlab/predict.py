@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Run, load_run
-from .data import decode_image
+from .data import Preprocess, decode_image
+from .errors import ConfigError
 
-__all__ = ["Predictor", "Prediction"]
+__all__ = ["Predictor", "Prediction", "BACKENDS"]
+
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -29,15 +32,33 @@ class Predictor:
     """Predict with a run directory. The run's meta.json says the channels, size and
     normalisation, so callers pass raw images of any mode and size."""
 
-    def __init__(self, run: Run | str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        self.run = run if isinstance(run, Run) else load_run(run, device)
+    def __init__(self, run: Run | str | os.PathLike, device: str | torch.device = "cpu",
+                 backend: str = "torch") -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
+        self.backend = backend
         self.device = torch.device(device)
+        self.onnx = None
+        if backend == "onnx":  # ONNX Runtime runs RUN/model.onnx (made by `convlab export`)
+            from .checkpoint import read_meta
+            from .export import OnnxModel, onnx_path
+
+            path = run.path if isinstance(run, Run) else Path(run)
+            meta = run.meta if isinstance(run, Run) else read_meta(path)
+            self.onnx = OnnxModel(onnx_path(path))
+            self.run = None
+            self.preprocess = Preprocess.from_dict(meta["preprocess"])
+            self.classes = list(meta["classes"])
+            return
+        self.run = run if isinstance(run, Run) else load_run(run, device)
         self.preprocess = self.run.preprocess
         self.classes = self.run.classes
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, C, H, W), any size and 1/3 channels -> probabilities (N, K)."""
+        if self.onnx is not None:
+            return self.onnx.logits(self.preprocess(images)).softmax(1)
         x = self.preprocess(images.to(self.device))
         return self.run.model(x).float().softmax(1).cpu()
 

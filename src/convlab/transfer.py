@@ -36,7 +36,7 @@ from torch import nn
 
 from .checkpoint import META_FILE, library_versions, save_run
 from .config import TrainConfig
-from .data import ImageSet, Preprocess, list_datasets
+from .data import ImageSet, Preprocess, dataset_spec, list_datasets, load_dataset
 from .data.sources import atomic_write_bytes
 from .embed import Embedder, backbone_preprocess
 from .errors import CheckpointError, ConfigError, DatasetError
@@ -311,13 +311,23 @@ def _prepare_out(out: Path | None, overwrite: bool) -> None:
         shutil.rmtree(out)
 
 
-def _load_split(dataset, train_cfg: TrainConfig, tcfg: TransferConfig
+def _load_split(dataset, train_cfg: TrainConfig, tcfg: TransferConfig, few_shot: int | None = None
                 ) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
-    is_named = not isinstance(dataset, ImageSet) and os.fspath(dataset) in list_datasets()
-    folder_size = None
-    if not isinstance(dataset, ImageSet) and not is_named:
-        folder_size = tcfg.image_size or model_spec(tcfg.backbone).input_size
-    return prepare_data(dataset, train_cfg, size=folder_size)
+    """(train, validation, official test or None); folders load at the backbone's size."""
+    test = None
+    if isinstance(dataset, ImageSet):
+        full = dataset
+    else:
+        name = os.fspath(dataset)
+        named = name in list_datasets()
+        size = None if named else (tcfg.image_size or model_spec(tcfg.backbone).input_size)
+        full = load_dataset(name, "train", size=size)
+        if named and "test" in dataset_spec(name).sizes:
+            test = load_dataset(name, "test")
+    if few_shot:
+        full = full.few_shot(few_shot, seed=train_cfg.seed)
+    train, val, _ = prepare_data(full, train_cfg)
+    return train, val, test
 
 
 def _dataset_meta(train: ImageSet, val: ImageSet | None, test: ImageSet | None) -> dict:
@@ -375,6 +385,9 @@ def _run_trained(train: ImageSet, val: ImageSet | None, test: ImageSet | None, *
     else:
         model = pretrained_model(tcfg.backbone, num_classes=k, in_chans=3, weights=tcfg.weights)
     pre = _backbone_pre(tcfg.backbone, tcfg.image_size)
+    if augment is None and getattr(getattr(train_cfg, "augment", None), "active", False):
+        from .data.augment import make_augment  # the training-craft augmentation, when configured
+        augment = make_augment(train_cfg.augment, pre.size)
     extra: list[Callback] = []
     if tcfg.strategy == "scratch":
         param_groups = None
@@ -428,18 +441,19 @@ def transfer(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Trans
              out: str | os.PathLike | None = None, overwrite: bool = False,
              device: str | torch.device = "cpu", augment: Callable | None = None,
              callbacks: Sequence[Callback] = (), evaluate_test: bool = False,
-             verbose: bool = True, log: Callable[[str], None] = print,
-             _split: tuple | None = None) -> TransferResult:
+             few_shot: int | None = None, verbose: bool = True,
+             log: Callable[[str], None] = print, _split: tuple | None = None) -> TransferResult:
     """Run one strategy on a dataset name, a folder of class folders or an ImageSet.
 
     The data is split (stratified, train_cfg.val_split); the run directory `out` is
     loadable by `convlab predict` and `convlab evaluate`. `evaluate_test` also scores the
-    dataset's official test split where it has one. `augment` (float 0..1 batch ->
-    batch) is used by finetune/full/scratch.
+    dataset's official test split where it has one; `few_shot` keeps k training images
+    per class before the split. `augment` (float 0..1 batch -> batch) is used by
+    finetune/full/scratch.
     """
     out = Path(out) if out is not None else None
     _prepare_out(out, overwrite)
-    train, val, test = _split if _split is not None else _load_split(dataset, train_cfg, tcfg)
+    train, val, test = _split if _split is not None else _load_split(dataset, train_cfg, tcfg, few_shot)
     test = test if evaluate_test else None
     if val is not None and len(val) == 0:
         val = None
@@ -497,7 +511,8 @@ def compare(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Transf
             train_cfg: TrainConfig = TrainConfig(batch_size=32), *,
             strategies: Sequence[str] = STRATEGIES, out: str | os.PathLike = "runs/compare",
             overwrite: bool = False, device: str | torch.device = "cpu",
-            augment: Callable | None = None, verbose: bool = True,
+            augment: Callable | None = None, evaluate_test: bool = False,
+            few_shot: int | None = None, verbose: bool = True,
             log: Callable[[str], None] = print) -> CompareResult:
     """Run `strategies` on one stratified split; each writes out/STRATEGY. Returns the
     table's rows, the lecture's advice for this data and the strategy that won here."""
@@ -507,7 +522,7 @@ def compare(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Transf
     if train_cfg.val_split <= 0:
         raise ConfigError("compare needs a validation split (--val-split > 0) to compare on")
     out = Path(out)
-    split = _load_split(dataset, train_cfg, tcfg)
+    split = _load_split(dataset, train_cfg, tcfg, few_shot)
     train = split[0]
     results = []
     for s in strategies:
@@ -515,7 +530,8 @@ def compare(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Transf
             log(f"\n--- {s} ---")
         results.append(transfer(dataset, replace(tcfg, strategy=s), train_cfg, out=out / s,
                                 overwrite=overwrite, device=device, augment=augment,
-                                verbose=verbose, log=log, _split=split))
+                                evaluate_test=evaluate_test, verbose=verbose, log=log,
+                                _split=split))
     feat = next((r.val_acc for r in results if r.strategy == "features"), None)
     counts = [c for c in train.class_counts().tolist() if c > 0]
     adv = advice(statistics.median(counts), feat, train.num_classes)

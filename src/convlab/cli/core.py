@@ -138,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import Predictor
 
-    predictor = Predictor(args.run_dir)
+    predictor = Predictor(args.run_dir, backend=args.backend)
     for p in predictor.predict_files(args.images, top=args.top):
         print(p)
     return 0
@@ -191,6 +191,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
     p.add_argument("images", nargs="+", help="image files (any mode and size)")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch, or onnx: ONNX Runtime on RUN/model.onnx (convlab export RUN first)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("demo", help="the main job on the bundled data (what `make demo` runs)")

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["pretrained_model", "bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
+__all__ = ["pretrained_model", "classify_images", "bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
            "load_state_adapted", "imagenet_classes", "weights_id", "LITE0_HEAD"]
 
 LITE0_HEAD = "classifier"  # timm tf_efficientnet_lite0's final Linear(1280, 1000)
@@ -234,3 +234,24 @@ def pretrained_model(name: str, num_classes: int | None = None, in_chans: int = 
     else:
         _download_by_name(model, name, spec.head)
     return model
+
+
+@torch.inference_mode()
+def classify_images(images: list[torch.Tensor] | torch.Tensor, model: str = "efficientnet_lite0", *,
+                    top: int = 5, weights: str | os.PathLike | None = None
+                    ) -> list[list[tuple[str, float]]]:
+    """Top-`top` ImageNet labels with probabilities for uint8 images (C, H, W) of any
+    size: the model's published preprocessing, its pretrained weights, names offline."""
+    from .registry import default_preprocess
+
+    if top < 1:
+        raise ModelError(f"--top must be at least 1; got {top}")
+    net = pretrained_model(model, num_classes=1000, weights=weights).eval()
+    pre = default_preprocess(model, 3)[0]
+    names = imagenet_classes()
+    out = []
+    for img in images:
+        probs = net(pre(img[None])).float().softmax(1)[0]  # (1000,)
+        val, idx = probs.topk(min(top, len(names)))
+        out.append([(names[i], float(v)) for v, i in zip(val, idx.tolist())])
+    return out
