@@ -41,14 +41,18 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sync-bn", action="store_true",
                    help="with several processes: BatchNorm statistics over the whole batch "
                         "(PyTorch's SyncBatchNorm, CUDA only)")
+    from .craft_train import add_craft_options
+    add_craft_options(p)
 
 
 def train_config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       optimizer=args.optimizer, momentum=args.momentum,
-                       weight_decay=args.weight_decay, loss=args.loss, val_split=args.val_split,
-                       seed=args.seed, channels_last=not args.no_channels_last,
-                       sync_bn=getattr(args, "sync_bn", False), **overrides)
+    from .craft_train import craft_config  # --recipe, schedules, regularisation, augmentation
+    return craft_config(args, dict(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, loss=args.loss, val_split=args.val_split,
+        seed=args.seed, channels_last=not args.no_channels_last,
+        sync_bn=getattr(args, "sync_bn", False)), overrides)
 
 
 def print_eval(result, title: str = "test") -> None:
@@ -95,7 +99,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import train
+    from .craft_train import model_from_args
 
+    args.model = model_from_args(args)  # --model, or the --recipe's model
     cfg = train_config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{Path(args.dataset).name}"
     result = train(args.dataset, args.model, cfg, out=out, resume=args.resume,
@@ -169,7 +175,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a registered model with the lecture's recipe: model, "
                        "batches, loss criterion, optimizer. Saves a run directory every epoch.")
     p.add_argument("dataset", help=f"{', '.join(list_datasets())}, or a folder of class subfolders")
-    p.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    p.add_argument("--model", help=f"one of: {', '.join(list_models())} (or give --recipe)")
+    from ..recipes import list_recipes
+    p.add_argument("--recipe", choices=list_recipes(),
+                   help="start from a named recipe (model, schedule, regularisation, "
+                        "augmentation; see: convlab recipes); options you set override it")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

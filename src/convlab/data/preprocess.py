@@ -34,6 +34,7 @@ class Preprocess:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     interpolation: str = "bilinear"
+    mean_image: tuple[float, ...] | None = None  # flat C*H*W, 0..1 units, subtracted before /std
     image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -46,6 +47,12 @@ class Preprocess:
             object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.mean_image is not None:
+            object.__setattr__(self, "mean_image", tuple(float(m) for m in self.mean_image))
+            if len(self.mean_image) != self.channels * self.size[0] * self.size[1]:
+                raise ConfigError(f"mean image has {len(self.mean_image)} values; a "
+                                  f"{self.channels}x{self.size[0]}x{self.size[1]} input needs "
+                                  f"{self.channels * self.size[0] * self.size[1]}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +87,9 @@ class Preprocess:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """float (N, C, H, W) in 0..1 -> normalised model input."""
+        if self.mean_image is not None:  # mean-image subtraction, then per-channel std
+            img = torch.tensor(self.mean_image, device=x.device, dtype=x.dtype)
+            x = x - img.view(1, self.channels, *self.size)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std

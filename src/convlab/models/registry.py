@@ -9,7 +9,7 @@ from torch import nn
 
 from ..data.preprocess import Preprocess
 from ..errors import ModelError, unknown
-from . import lecture
+from . import lecture, recipe_models
 from .zoo import zoo_specs
 
 __all__ = ["ModelSpec", "MODELS", "list_models", "model_spec", "create_model",
@@ -64,6 +64,9 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("small_cnn", _lecture(lecture.SmallCNN),
               "Keras-style: 4 conv+pool blocks, dropout, dense 512-128",
               input_size=64, min_input_size=16, channels=3, flexible_size=True, head="classifier.6"),
+    ModelSpec("fmnist_resnet", _lecture(recipe_models.FmnistResNet, sized=False),
+              "small residual CNN (ResNet-9 style, 32-64-128) of the fmnist-94 recipe",
+              family="recipe", flexible_size=True, min_input_size=8, head="fc"),
     *zoo_specs(),
 ]}
 

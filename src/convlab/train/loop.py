@@ -141,6 +141,12 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     optimizer = make_optimizer(param_groups if param_groups is not None else
                                [p for p in model.parameters() if p.requires_grad], config)
     loss_fn = make_loss(config)
+    # the craft the config asks for (schedule, regularisers, init, augmentation), checked here
+    from ..data.augment import make_augment
+    from .regularize import craft_callbacks
+    callbacks = [*craft_callbacks(config), *callbacks]
+    if augment is None:
+        augment = make_augment(config.augment, preprocess.size)
     state = TrainState(model, optimizer, config)
     start_epoch = 0
     if resume and run_dir is not None and (run_dir / "meta.json").exists():

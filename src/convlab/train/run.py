@@ -121,6 +121,9 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     torch.manual_seed(config.seed)  # the initial weights follow the seed (same in every process)
     net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
                                              model_kwargs=model_kwargs)
+    if config.normalize != "model":  # statistics of the training split, saved in meta.json
+        from ..data.augment import normalization
+        preprocess = normalization(train_set, preprocess, config.normalize)
     meta = {"model": {"name": model, "kwargs": kwargs},
             "dataset": {"name": train_set.name, "train": len(train_set),
                         "val": len(val_set) if val_set is not None else 0,
