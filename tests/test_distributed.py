@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 
 from conftest import make_imageset
 from convlab.checkpoint import load_run, read_meta
-from convlab.cli import main
 from convlab.config import TrainConfig
 from convlab.errors import ConfigError, ConvlabError
 from convlab.models import default_preprocess
 from convlab.train import Callback, evaluate, prepare_data, train
-from convlab.train.distributed import launch, relaunch_with_torchrun, sync_batchnorm
+from convlab.train.distributed import (GlobalBatchNorm, launch, relaunch_with_torchrun,
+                                       sync_batchnorm)
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 300
@@ -64,11 +64,15 @@ def test_nproc2_command_matches_one_process_and_resumes_in_one(tmp_path):
     # only rank 0 prints (and writes): one epoch line, one closing line
     assert proc.stdout.count("Epoch 1/1 - loss") == 1, proc.stdout
     assert proc.stdout.count("run saved in") == 1, proc.stdout
-    assert sorted(p.name for p in two.iterdir()) == ["meta.json", "metrics.jsonl",
-                                                     "model.safetensors", "train_state.safetensors"]
+    names = {p.name for p in two.iterdir()}
+    assert {"meta.json", "model.safetensors", "train_state.safetensors"} <= names
+    assert ".staging" not in names
 
+    # the references: one process, through the API (same settings as the flags above)
+    cfg = TrainConfig(epochs=1, batch_size=15, val_split=0.25, optimizer="momentum", lr=0.02)
+    same = dict(channels=1, image_size=28, device="cpu", verbose=False)
     one = tmp_path / "one"
-    assert main(["train", *common, "--epochs", "1", "--out", str(one)]) == 0
+    train(folder, "mnist_linear", cfg, out=one, **same)
     _assert_same_weights(one, two)
     m1, m2 = read_meta(one), read_meta(two)
     assert m2["dataset"] == m1["dataset"] and m2["dataset"]["val"] == 12
@@ -77,8 +81,8 @@ def test_nproc2_command_matches_one_process_and_resumes_in_one(tmp_path):
 
     # the 2-process run continues in one process to what one process makes in 2 epochs
     one2 = tmp_path / "one2"
-    assert main(["train", *common, "--epochs", "2", "--out", str(one2)]) == 0
-    assert main(["train", *common, "--epochs", "2", "--out", str(two), "--resume"]) == 0
+    train(folder, "mnist_linear", cfg.replace(epochs=2), out=one2, **same)
+    train(folder, "mnist_linear", cfg.replace(epochs=2), out=two, resume=True, **same)
     assert read_meta(two)["state"] == {"epoch": 2, "step": 6, "complete": True}
     _assert_same_weights(one2, two)
 
@@ -117,15 +121,34 @@ def test_ranks_write_once_count_exactly_and_stop_together(tmp_path):
     assert results[0]["confusion"] == single.confusion.tolist()
     assert results[0]["loss"] == pytest.approx(single.loss, abs=1e-5)
 
+    # with --sync-bn, BatchNorm sees the whole batch: the same weights as one process
+    # (within 1e-4; without it the BatchNorm'd weights differ by about 0.05 here)
+    train(data, "mnist_cnn", cfg, out=tmp_path / "single", device="cpu", verbose=False)
+    _assert_same_weights(tmp_path / "single", tmp_path / "syncbn", atol=1e-4)
 
-def test_launcher_refuses_bad_counts_and_sync_bn_needs_cuda():
+
+def test_launcher_refuses_bad_counts():
     with pytest.raises(ConfigError, match="at least 1"):
         relaunch_with_torchrun([], 0)
     with pytest.raises(ConfigError, match="at least 1"):
         launch([], 0)
     assert relaunch_with_torchrun([], 1) is None  # one process: no torchrun at all
-    with pytest.raises(ConfigError, match="needs CUDA"):
-        sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"))
+
+
+def test_sync_batchnorm_on_cpu_keeps_parameters_and_keys():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 3),
+                              torch.nn.BatchNorm1d(3))
+    params, keys = list(net.parameters()), list(net.state_dict())
+    out = sync_batchnorm(net, torch.device("cpu"))
+    assert [type(m) for m in out.modules()].count(GlobalBatchNorm) == 2
+    assert list(out.parameters()) == params and list(out.state_dict()) == keys
+    x = torch.randn(6, 1, 28, 28)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 3),
+                                torch.nn.BatchNorm1d(3))
+    plain.load_state_dict(out.state_dict())
+    assert torch.allclose(out(x), plain(x), atol=1e-6)  # one process: plain BatchNorm
 
 
 # ------------------------------------------------------------------ torchrun worker
@@ -160,6 +183,8 @@ def _worker(out: Path) -> int:
         r = evaluate(result.model, val, pre, batch_size=4)
         (out / f"rank{rank}.json").write_text(json.dumps(
             {"n": r.n, "loss": r.loss, "top1": r.top1, "confusion": r.confusion.tolist()}))
+        train(data, "mnist_cnn", cfg.replace(sync_bn=True), out=out / "syncbn", device="cpu",
+              verbose=False)
         try:
             train(data, "mnist_linear", cfg.replace(epochs=3), out=out / "fail", device="cpu",
                   verbose=False, callbacks=[_FailOnRank1(rank)])

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -24,9 +26,9 @@ from torch import nn
 
 from ..errors import ConfigError, ConvlabError
 
-__all__ = ["world", "is_main", "all_reduce_sum", "local_rank", "launched_by_torchrun",
+__all__ = ["world", "alone", "is_main", "all_reduce_sum", "local_rank", "launched_by_torchrun",
            "backend_for", "process_group", "main_first", "barrier", "broadcast_buffers",
-           "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "torchrun_command",
+           "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "GlobalBatchNorm", "torchrun_command",
            "DistributedError"]
 
 # What torchrun exports to every process it starts.
@@ -39,11 +41,28 @@ class DistributedError(ConvlabError):
     exit_code = 3
 
 
+_alone = threading.local()
+
+
 def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size); (0, 1) when torch.distributed is not initialised (or inside
+    `alone()`)."""
+    if dist.is_available() and dist.is_initialized() and not getattr(_alone, "on", False):
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block this process works as if it were the only one (evaluate()
+    reduces nothing): for rank-0-only work such as writing a run's plots, which the
+    other ranks do not join."""
+    before = getattr(_alone, "on", False)
+    _alone.on = True
+    try:
+        yield
+    finally:
+        _alone.on = before
 
 
 def is_main() -> bool:
@@ -160,16 +179,22 @@ def launch(argv: Sequence[str], nproc: int, *, module: str = "convlab") -> int:
     args = torchrun.get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--module", module])
     args.training_script_args = list(argv)  # passed on as given, never parsed by torchrun
+    # the processes print their own errors; torchrun's log lines would repeat them
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         torchrun.run(args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
-        how = f"was stopped by signal {-code}" if code < 0 else f"failed with exit code {code}"
         if code == 130:
             raise KeyboardInterrupt from None
-        raise DistributedError(f"process {rank} of {nproc} {how} (its message is above); "
-                               f"torchrun stopped the others") from None
+        how = f"was stopped by signal {-code}" if code < 0 else f"failed with exit code {code}"
+        err = DistributedError(f"process {rank} of {nproc} {how} (its message is above); "
+                               f"torchrun stopped the others")
+        err.exit_code = code if code > 0 else DistributedError.exit_code
+        raise err from None
     except SignalException:
         raise KeyboardInterrupt from None
     return 0
@@ -192,15 +217,68 @@ def relaunch_with_torchrun(argv: Sequence[str] | None, nproc: int | None) -> int
     return launch(list(argv if argv is not None else sys.argv[1:]), nproc)
 
 
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the global batch, on any device.
+
+    PyTorch's SyncBatchNorm has CUDA kernels only; this one sums each channel's count,
+    sum and sum of squares (float64) with torch.distributed.nn's differentiable
+    all_reduce, so gradients flow through the shared statistics as they do in one
+    process. Same parameters, buffers and state-dict keys as nn.BatchNorm*d; in eval
+    mode or in one process it is plain BatchNorm."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world()[1] > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        xd = x.double()
+        local = torch.cat([xd.sum(dims), (xd * xd).sum(dims),  # (C,), (C,)
+                           xd.new_full((1,), x.numel() // max(c, 1))])
+        total = all_reduce(local)                                 # summed over ranks
+        count = total[-1]
+        mean = total[:c] / count
+        var = (total[c:2 * c] / count - mean * mean).clamp(min=0)  # biased, as BatchNorm
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype).view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` with its BatchNorm layers computing statistics over the whole global
-    batch (all ranks) instead of each rank's share: PyTorch's SyncBatchNorm, which
-    runs only on CUDA. The layers keep their Parameter objects and state-dict keys."""
-    if device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernels); "
-                          "on CPU drop --sync-bn: each process then normalises over its own "
-                          "share of the batch")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    batch (all ranks) instead of each rank's share: PyTorch's SyncBatchNorm on CUDA,
+    GlobalBatchNorm elsewhere. Layers keep their Parameter objects and state-dict keys."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if isinstance(model, bn_types):
+        new = GlobalBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
+                              model.track_running_stats)
+        if model.affine:
+            new.weight, new.bias = model.weight, model.bias
+        if model.track_running_stats:
+            new.running_mean, new.running_var = model.running_mean, model.running_var
+            new.num_batches_tracked = model.num_batches_tracked
+        new.train(model.training)
+        return new
+    for name, child in model.named_children():
+        model.add_module(name, sync_batchnorm(child, device))
+    return model
 
 
 def _device_type(device: str | torch.device) -> torch.device:
