@@ -39,8 +39,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="processes on this machine, started through torchrun; each trains on "
                         "its share of every batch (DistributedDataParallel; default 1)")
     g.add_argument("--sync-bn", action="store_true",
-                   help="with several processes: BatchNorm statistics over the whole batch "
-                        "(PyTorch's SyncBatchNorm, CUDA only)")
+                   help="with several processes: BatchNorm statistics over the whole global "
+                        "batch (PyTorch's SyncBatchNorm on CUDA, all-reduced sums on CPU)")
     from .craft_train import add_craft_options
     add_craft_options(p)
 
