@@ -26,6 +26,19 @@ def image_bytes(colour, fmt="PNG", size=(120, 90), noise=0, seed=0) -> bytes:
     return buf.getvalue()
 
 
+def photo_bytes(name: str, seed: int, fmt: str = "JPEG") -> bytes:
+    """A random 200x200 crop (maybe mirrored) of a scikit-image sample photo."""
+    import skimage.data
+    rng = np.random.default_rng(seed)
+    arr = getattr(skimage.data, name)()
+    top, left = rng.integers(0, arr.shape[0] - 200), rng.integers(0, arr.shape[1] - 200)
+    crop = arr[top:top + 200, left:left + 200]
+    crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(crop), "RGB").save(buf, fmt)
+    return buf.getvalue()
+
+
 def upload(client, cid, blobs, source="upload"):
     files = [("files", (f"f{i}.bin", b, "application/octet-stream")) for i, b in enumerate(blobs)]
     return client.post(f"/api/classes/{cid}/samples?source={source}", files=files)
@@ -33,7 +46,7 @@ def upload(client, cid, blobs, source="upload"):
 
 @pytest.fixture
 def client(tmp_path):
-    with TestClient(create_app(tmp_path / "home")) as c:
+    with TestClient(create_app(tmp_path / "home", fast_preview=False)) as c:
         yield c
 
 
@@ -88,7 +101,7 @@ def test_projects_classes_samples_roundtrip(client, tmp_path):
 
 
 def test_uploads_are_judged_by_content_and_limited(tmp_path):
-    app = create_app(tmp_path / "home", limits=Limits(file_bytes=200_000, pixels=1_000_000,
+    app = create_app(tmp_path / "home", fast_preview=False, limits=Limits(file_bytes=200_000, pixels=1_000_000,
                                                       request_bytes=1_000_000))
     with TestClient(app) as client:
         pid, (red, _) = make_project(client)
@@ -114,7 +127,7 @@ def test_uploads_are_judged_by_content_and_limited(tmp_path):
 
 def test_guard_origin_host_and_token(tmp_path):
     app = create_app(tmp_path / "home", token="s3cret-token-0123456789",
-                     hosts={"testserver", "127.0.0.1:8000"})
+                     hosts={"testserver", "127.0.0.1:8000"}, fast_preview=False)
     with TestClient(app) as c:
         assert c.get("/api/projects").status_code == 401
         auth = {"Authorization": "Bearer s3cret-token-0123456789"}
@@ -137,7 +150,7 @@ def test_guard_origin_host_and_token(tmp_path):
 
 def test_restart_after_a_killed_server_cleans_up(tmp_path):
     home = tmp_path / "home"
-    with TestClient(create_app(home)) as c:
+    with TestClient(create_app(home, fast_preview=False)) as c:
         pid, (red, _) = make_project(c)
         sha = upload(c, red, [image_bytes((200, 0, 0))]).json()[0]["sha"]
     store = Store(home)
@@ -151,7 +164,7 @@ def test_restart_after_a_killed_server_cleans_up(tmp_path):
     mid = store.create_model_row(pid, {"head": "knn"})
     (home / "models" / f"{mid}.tmp").mkdir()
     (home / "models" / str(mid)).mkdir()
-    with TestClient(create_app(home)) as c:
+    with TestClient(create_app(home, fast_preview=False)) as c:
         assert c.app.state.recovered == {"interrupted_trainings": 1, "orphan_files": 2,
                                          "orphan_models": 2}
         assert not orphan.exists() and not tmp.exists()
@@ -170,3 +183,134 @@ def test_training_needs_two_samples_per_class(client):
     assert r.status_code == 400 and "too few in: blue" in r.json()["detail"]
     r = client.post(f"/api/projects/{pid}/train", json={"head": "forest"})
     assert r.status_code == 400 and "valid: knn, linear, mlp" in r.json()["detail"]
+
+
+def wait_trained(client, pid, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/api/projects/{pid}/training").json()["job"]
+        if job["state"] != "training":
+            return job
+        time.sleep(0.2)
+    raise AssertionError("training did not finish")
+
+
+def test_train_preview_and_export(tmp_path):
+    with TestClient(create_app(tmp_path / "home")) as client:
+        check_train_preview_and_export(client, tmp_path)
+
+
+def check_train_preview_and_export(client, tmp_path):
+    pid, (cat, cup) = make_project(client, classes=("cat", "cup"))
+    upload(client, cat, [photo_bytes("chelsea", i, ("PNG", "JPEG")[i % 2]) for i in range(7)])
+    upload(client, cup, [photo_bytes("coffee", i, ("PNG", "JPEG")[i % 2]) for i in range(7)])
+    r = client.post(f"/api/projects/{pid}/train", json={"head": "mlp", "epochs": 30})
+    assert r.status_code == 202, r.text
+    # a second request while the first runs is refused clearly, the first goes on
+    second = client.post(f"/api/projects/{pid}/train", json={"head": "knn"})
+    assert second.status_code == 409 and "already training" in second.json()["detail"]
+    job = wait_trained(client, pid)
+    assert job["state"] == "ready", job
+    model = client.get(f"/api/projects/{pid}/training").json()["model"]
+    m = model["metrics"]
+    # 15% of 7 rounds to 1 held-out image per class; the confusion matrix counts them
+    assert m["held_out"] == 2 and m["train"] == 12 and np.sum(m["confusion"]) == 2
+    assert model["classes"] == ["cat", "cup"] and m["accuracy"] == 1.0
+    # preview: a raw JPEG body (a webcam frame) and a multipart file (a dropped image),
+    # through ONNX Runtime once the backbone's export is ready
+    backbone = client.app.state.backbone
+    assert backbone.ensure() is not None, backbone.error
+    frame = photo_bytes("chelsea", 99)
+    r = client.post(f"/api/projects/{pid}/predict", content=frame,
+                    headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and r.json()["top"] == "cat", r.text
+    assert r.json()["engine"] == "onnxruntime" and abs(sum(r.json()["probs"]) - 1) < 1e-5
+    # the same probabilities as the eager torch path
+    client.app.state.previewer.backbone = None
+    eager = client.post(f"/api/projects/{pid}/predict", content=frame).json()
+    client.app.state.previewer.backbone = backbone
+    assert eager["engine"] == "torch"
+    assert np.allclose(eager["probs"], r.json()["probs"], atol=1e-4)
+    r = client.post(f"/api/projects/{pid}/predict",
+                    files={"file": ("x.png", photo_bytes("coffee", 98, "PNG"), "image/png")})
+    assert r.json()["top"] == "cup"
+    assert client.post(f"/api/projects/{pid}/predict", content=b"nope").status_code == 415
+
+    # export: a run for `convlab predict`, ONNX with metadata, the dataset as class folders
+    out = client.post(f"/api/projects/{pid}/export").json()
+    probe = tmp_path / "probe.jpg"
+    probe.write_bytes(photo_bytes("coffee", 97))
+    from convlab.cli import main
+    import contextlib
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["predict", out["run"], str(probe)]) == 0
+    assert buf.getvalue().split(":")[1].split()[0] == "cup", buf.getvalue()
+    from convlab.export import OnnxModel
+    onnx = OnnxModel(out["onnx"])
+    assert onnx.meta["classes"] == ["cat", "cup"] and onnx.preprocess.size == (224, 224)
+    with zipfile.ZipFile(out["dataset"]) as zf:
+        names = zf.namelist()
+    assert len(names) == 14 and sorted({n.split("/")[0] for n in names}) == ["cat", "cup"]
+    run_zip = client.get(out["downloads"]["run.zip"])
+    with zipfile.ZipFile(io.BytesIO(run_zip.content)) as zf:
+        assert {n.split("/")[1] for n in zf.namelist()} >= {"meta.json", "model.safetensors"}
+    assert client.get(out["downloads"]["model.onnx"]).content == open(out["onnx"], "rb").read()
+
+    # the embeddings were stored: a second training computes none
+    r = client.post(f"/api/projects/{pid}/train", json={"head": "knn", "k": 1})
+    job = wait_trained(client, pid)
+    assert job["state"] == "ready" and len(client.get(f"/api/projects/{pid}/models").json()) == 2
+
+
+def test_killed_server_mid_training_keeps_every_sample(tmp_path):
+    """SIGKILL the real server while it trains; the restarted one has every sample,
+    reports the interrupted training, and trains again."""
+    import os
+    import signal
+
+    import httpx
+    from test_web_browser import start_server, stop_server
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CONVLAB_OFFLINE": "1"}
+    home = tmp_path / "home"
+    proc, url = start_server(home, env)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            pid, (cat, cup) = make_project(c, classes=("cat", "cup"))
+            upload(c, cat, [photo_bytes("chelsea", i) for i in range(6)]).raise_for_status()
+            upload(c, cup, [photo_bytes("coffee", i) for i in range(6)]).raise_for_status()
+            c.post(f"/api/projects/{pid}/train", json={"augment": True, "copies": 8}).raise_for_status()
+            assert c.get(f"/api/projects/{pid}/training").json()["job"]["state"] == "training"
+    finally:
+        stop_server(proc, signal.SIGKILL)
+    proc, url = start_server(home, env)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            project = c.get(f"/api/projects/{pid}").json()
+            assert [cl["samples"] for cl in project["classes"]] == [6, 6]
+            for s in c.get(f"/api/classes/{cat}/samples").json():
+                assert c.get(f"/api/images/{s['sha']}").status_code == 200
+            model = c.get(f"/api/projects/{pid}/models").json()[0]
+            assert model["status"] == "failed" and "stopped" in model["error"]
+            assert project["model"] is None
+            c.post(f"/api/projects/{pid}/train", json={"head": "knn"}).raise_for_status()
+            assert wait_trained(c, pid)["state"] == "ready"
+    finally:
+        stop_server(proc)
+    assert not list((home / "models").glob("*.tmp"))
+
+
+def test_import_folder_of_class_folders(client):
+    pid = client.post("/api/projects", json={"name": "imported"}).json()["id"]
+    files = [("files", (f"{cls}/{i}.png", image_bytes(colour, seed=i, noise=10), "image/png"))
+             for cls, colour in (("apple", (200, 0, 0)), ("pear", (0, 200, 0))) for i in range(3)]
+    r = client.post(f"/api/projects/{pid}/import", files=files)
+    assert r.status_code == 201 and r.json() == {"added": {"apple": 3, "pear": 3}}
+    # a second import adds to the existing classes; a file outside a class folder is refused
+    client.post(f"/api/projects/{pid}/import", files=files[:1])
+    assert [c["samples"] for c in client.get(f"/api/projects/{pid}").json()["classes"]] == [4, 3]
+    r = client.post(f"/api/projects/{pid}/import", files=[("files", ("loose.png", image_bytes((1, 2, 3)), "image/png"))])
+    assert r.status_code == 400 and "class folder" in r.json()["detail"]
+    r = client.post(f"/api/projects/{pid}/import", files=[("files", ("../x.png", image_bytes((1, 2, 3)), "image/png"))])
+    assert r.status_code == 400

@@ -57,6 +57,11 @@ def cmd_teach(args: argparse.Namespace) -> int:
     token = args.token or (None if loopback else secrets.token_urlsafe(24))
     if args.token is not None and len(args.token) < 16:
         raise ConfigError("--token must be at least 16 characters")
+    import torch
+    # One compute thread per request: requests (and the training thread) run side by side
+    # on the cores instead of each spreading over all of them; on this 2-core machine under
+    # load, two-thread torch ops took 10x longer than one-thread ones (thread contention).
+    torch.set_num_threads(1)
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host

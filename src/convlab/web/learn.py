@@ -240,7 +240,6 @@ class Jobs:
                      "mlp": {"epochs": options.epochs, "lr": options.lr}}[options.head]
         head = fit_head(options.head, torch.from_numpy(x_train), torch.from_numpy(y_train),
                         num_classes=len(classes), seed=options.seed, **head_opts)
-        _floor_scale(head)
         job.stage = "evaluating"
         probs = head.predict_proba(torch.from_numpy(emb[held_idx.numpy()])).numpy()
         pred = probs.argmax(1)
@@ -262,21 +261,6 @@ class Jobs:
                                           "options": asdict(options), "metrics": metrics}})
         os.replace(tmp, final)
         return classes, metrics
-
-
-def _floor_scale(head) -> None:
-    """Floor the head's per-dimension standardisation at 1% of the median std.
-
-    With a few dozen training images some backbone features are constant (exactly 0
-    after ReLU6), so their std is ~0 and a new image's small value there is multiplied
-    by up to 1e6, which drowns every other feature (a dense head then answers wrongly
-    with probability 1). The training images sit exactly at the mean on those
-    dimensions, so the floor leaves the head's outputs on them unchanged.
-    """
-    std = getattr(head, "std", None)
-    if isinstance(std, torch.Tensor) and std.numel():
-        with torch.no_grad():
-            std.clamp_(min=float(std.median()) * 0.01)
 
 
 def load_head(run_dir: Path):
