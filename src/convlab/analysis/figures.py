@@ -25,7 +25,7 @@ def save_kernels(model: nn.Module, path: str | os.PathLike, *, label: str = "",
     title = f"{label}: {n} learned {k}x{k} kernels of {name}" + (f" ({note})" if note else "")
     if c == 3:  # colour: each kernel scaled to its own range, as the classic AlexNet picture
         return image_grid(w, path, title=title, normalize_each=True, titles=[str(i) for i in range(n)])
-    return image_grid(diverging(w), path, title=title + "\nred +, blue -", cmap="bwr",
+    return image_grid(diverging(w), path, title=title + "; red +, blue -", cmap="bwr",
                       titles=[str(i) for i in range(n)])
 
 
@@ -46,7 +46,7 @@ def save_templates(model: nn.Module, image_shape: tuple[int, int, int], path: st
     title = f"{label}: weights of {name} to each {what} ({image_shape[1]}x{image_shape[2]})"
     if t.shape[1] == 3:
         return image_grid(t, path, titles=titles, title=title, normalize_each=True, cell=1.6)
-    return image_grid(diverging(t), path, titles=titles, title=title + "\nred +, blue -",
+    return image_grid(diverging(t), path, titles=titles, title=title + "; red +, blue -",
                       cmap="bwr", cell=1.6, ncols=min(n, 10 if n > 12 else 5))
 
 
@@ -65,7 +65,7 @@ def save_feature_maps(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
         c, h, w = fm.shape
         shown = min(c, max_maps)
         title = (f"{label}: {name}, {shown} of {c} feature maps ({h}x{w})"
-                 + (f"\nfor {image_name}" if image_name else ""))
+                 + (f" for {image_name}" if image_name else ""))
         paths.append(image_grid(fm[:shown, None], Path(out_dir) / f"features-{_slug(name)}.png",
                                 title=title, normalize_each=True, cmap="viridis",
                                 titles=[str(i) for i in range(shown)]))

@@ -74,9 +74,12 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[s
         if name not in modules or not name:
             raise ModelError(unknown("layer", name, spatial, "see: convlab inspect MODEL"))
     out: dict[str, torch.Tensor] = {}
-    handles = [modules[name].register_forward_hook(
-        lambda m, a, y, name=name: out.setdefault(name, y.detach().float().cpu()[0]))
-        for name in layers]
+
+    def keeper(name: str):
+        def hook(module, args, y) -> None:  # returns None: the output itself is unchanged
+            out.setdefault(name, y.detach().float().cpu()[0])  # (1, C, H, W) -> (C, H, W)
+        return hook
+    handles = [modules[name].register_forward_hook(keeper(name)) for name in layers]
     try:
         model(x)
     finally:

@@ -110,6 +110,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.test is not None:
         print(f"test: top-1 accuracy {result.test.top1:.4f}, top-5 accuracy {result.test.top5:.4f} "
               f"({result.test.n:,} images)")
+    from ..train import is_main, resolve_device
+    if is_main():  # curves, confusion matrix (PNG + JSON counts), most confident mistakes
+        from ..report import write_run_plots
+        written = write_run_plots(out, device=resolve_device(args.device))
+        print(f"plots: {', '.join(p.name for p in written.values())} (convlab report {out} "
+              f"puts them in one page)")
     print(f"run saved in {out}")
     return 0
 
