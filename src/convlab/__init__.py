@@ -19,6 +19,9 @@ from .errors import (CheckpointError, ConfigError, ConvlabError, DatasetError,  
 from .models import count_parameters, create_model, list_models  # noqa: E402
 from .predict import Prediction, Predictor  # noqa: E402
 from .train import Callback, EvalResult, evaluate, fit, train  # noqa: E402
+from .train.lr_find import lr_find  # noqa: E402
+from .train.sanity import gradcheck, overfit  # noqa: E402
+from .report import write_report  # noqa: E402
 
 __all__ = [
     "__version__", "Run", "load_run", "save_run", "TrainConfig", "Batches", "ImageSet",
@@ -26,4 +29,5 @@ __all__ = [
     "ConvlabError", "DatasetError", "ModelError", "TrainingError", "count_parameters",
     "create_model", "list_models", "Prediction", "Predictor", "Callback", "EvalResult",
     "evaluate", "fit", "train",
+    "lr_find", "gradcheck", "overfit", "write_report",
 ]

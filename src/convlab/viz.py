@@ -40,7 +40,10 @@ def image_grid(images: torch.Tensor, path: str | os.PathLike, *, titles: Sequenc
     n = len(x)
     ncols = ncols or min(n, max(1, math.ceil(math.sqrt(n))))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + (0.4 if title else 0)),
+    # room above each row for its titles (more for multi-line ones)
+    title_h = 0.15 * max(t.count("\n") + 1 for t in titles) if titles else 0.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + title_h) * nrows
+                                                    + (0.4 if title else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")

@@ -14,7 +14,7 @@ from ..errors import ConvlabError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # The visible list of command modules (in `convlab --help` order).
-COMMAND_MODULES = ["core", "inspect", "teach", "craft_train", "transfer"]
+COMMAND_MODULES = ["core", "inspect", "teach", "craft", "craft_train", "transfer"]
 
 
 def build_parser() -> argparse.ArgumentParser:

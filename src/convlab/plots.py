@@ -1,0 +1,122 @@
+"""Training-craft figures: the LR range test, curves by epoch, confusion matrix, mistakes.
+
+Rendering only: each function takes numbers already computed elsewhere (LRFindResult,
+meta.json's per-epoch metrics, EvalResult's confusion counts, logits) and writes a PNG
+through viz.save_figure / viz.image_grid.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .viz import image_grid, plt, save_figure
+
+__all__ = ["plot_lr_find", "plot_history", "plot_confusion", "confident_mistakes",
+           "plot_mistakes"]
+
+
+def plot_lr_find(result, path: str | os.PathLike) -> Path:
+    """Loss against learning rate (log axis): raw and smoothed, with the suggestion."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    finite = [(lr, s) for lr, s in zip(result.lrs, result.smoothed) if math.isfinite(s)]
+    raw = [(lr, v) for lr, v in zip(result.lrs, result.losses) if math.isfinite(v)]
+    ax.plot(*zip(*raw), color="0.75", lw=0.8, label="mini-batch loss")
+    ax.plot(*zip(*finite), color="C0", lw=2, label="smoothed loss")
+    best = min(s for _, s in finite)
+    ax.axvline(result.suggestion, color="C2", ls="--",
+               label=f"suggestion {result.suggestion:.2g} (steepest descent)")
+    ax.axvline(result.min_loss_lr, color="C1", ls=":", label=f"lowest loss at {result.min_loss_lr:.2g}")
+    if result.diverged_lr is not None:
+        ax.axvline(result.diverged_lr, color="C3", ls="-.", label=f"diverged at {result.diverged_lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlim(result.start_lr, result.end_lr)
+    start = finite[0][1]
+    ax.set_ylim(best - 0.1 * (start - best + 1e-3), max(start, best) * 1.6)  # hide the blow-up
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title("Learning-rate range test")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return save_figure(fig, path)
+
+
+def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Loss and accuracy (training and validation) and learning rate by epoch, from
+    meta.json's "metrics" list (one dict per epoch: epoch, loss, acc, val_loss, val_acc, lr)."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = (("loss", "loss", "val_loss"), ("accuracy", "acc", "val_acc"))
+    for ax, (name, key, val_key) in zip(axes, panels):
+        ax.plot(epochs, [m[key] for m in metrics], "o-", label="training", ms=3)
+        val = [(e, m[val_key]) for e, m in zip(epochs, metrics) if m.get(val_key) is not None]
+        if val:
+            ax.plot(*zip(*val), "s-", label="validation", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(name.capitalize())
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].plot(epochs, [m["lr"] for m in metrics], "o-", color="C2", ms=3)
+    if all(m["lr"] > 0 for m in metrics) and max(m["lr"] for m in metrics) > 3 * min(m["lr"] for m in metrics):
+        axes[2].set_yscale("log")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("learning rate")
+    axes[2].set_title("Learning rate (at the end of each epoch)")
+    axes[2].grid(True, alpha=0.3)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
+                   title: str = "") -> Path:
+    """Counts in each cell; colour by the row's share (so small classes read as well)."""
+    c = confusion.double()
+    k = len(classes)
+    share = c / c.sum(1, keepdim=True).clamp(min=1)
+    side = max(4.0, 0.55 * k + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                n = int(confusion[i, j])
+                if n:
+                    ax.text(j, i, f"{n:,}", ha="center", va="center", fontsize=7 if k > 12 else 8,
+                            color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), list(classes), rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), list(classes), fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "Confusion matrix (counts; colour = share of the true class)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    return save_figure(fig, path)
+
+
+def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int = 16
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices, predicted class, its probability) of the k wrong predictions made
+    with the highest confidence, most confident first."""
+    probs = logits.double().softmax(1)                       # (N, K)
+    conf, pred = probs.max(1)                                # (N,), (N,)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = wrong[conf[wrong].argsort(descending=True)][:k]
+    return order, pred[order], conf[order]
+
+
+def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor,
+                  conf: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
+                  title: str = "Most confidently wrong") -> Path:
+    """A grid of images titled 'true -> predicted (p)'."""
+    def short(name: str) -> str:
+        return name if len(name) <= 12 else name[:11] + "."
+    titles = [f"{short(classes[t])} ->\n{short(classes[p])} {c:.0%}"
+              for t, p, c in zip(labels.tolist(), pred.tolist(), conf.tolist())]
+    return image_grid(images, path, titles=titles, title=title, cell=1.6)

@@ -1,0 +1,85 @@
+"""Per-run plots, confusion counts and the self-contained HTML report."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+import torch
+
+from convlab import ImageSet, TrainConfig, evaluate, load_run, train, write_report
+from convlab.cli import main
+from convlab.plots import confident_mistakes, plot_history
+from convlab.report import write_run_plots
+
+from conftest import make_imageset, write_folder
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_writes_plots_and_report_embeds_them(tmp_path, capsys):
+    write_folder(tmp_path / "pics", n_per_class=10, classes=("cat", "dog", "owl"), size=12)
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "pics"), "--model", "mnist_cnn", "--channels", "1",
+                 "--epochs", "2", "--val-split", "0.3", "--out", str(run), "--device", "cpu"]) == 0
+    assert "plots: history.png, confusion.json, confusion.png" in capsys.readouterr().out
+    for name in ("history.png", "confusion.png"):
+        assert (run / name).read_bytes()[:8] == PNG
+    counts = json.loads((run / "confusion.json").read_text())
+    # a folder has no test split: the run's own validation split (3 of 10 per class)
+    assert counts["split"] == "validation" and counts["n"] == 9
+    assert sum(map(sum, counts["confusion"])) == 9
+    assert counts["classes"] == ["cat", "dog", "owl"]
+    assert counts["top1_error"] == 1 - counts["top1"]
+
+    assert main(["report", str(run), "--device", "cpu"]) == 0
+    page = (run / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    embedded = {base64.b64decode(b) for b in images}
+    assert {(run / n).read_bytes() for n in ("history.png", "confusion.png")} <= embedded
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for text in ("Training curves", "Metrics by epoch", "Evaluation on the validation set",
+                 "Configuration", "Environment", "mnist_cnn", "owl", "batch_size", "torch"):
+        assert text in page
+    meta = json.loads((run / "meta.json").read_text())
+    assert f"{meta['metrics'][-1]['loss']:.4g}" in page
+
+
+def test_write_run_plots_on_given_data_shows_the_confident_mistakes(tmp_path):
+    data = make_imageset(n_per_class=8, classes=3, size=12)
+    train(data, "mnist_cnn", TrainConfig(epochs=1, val_split=0.0), out=tmp_path / "r",
+          device="cpu", verbose=False)
+    wrong = ImageSet(data.images, (data.labels + 1) % 3, data.classes, "relabelled")
+    written = write_run_plots(tmp_path / "r", data=wrong, split="relabelled")
+    assert set(written) == {"history", "confusion.json", "confusion", "mistakes"}
+    counts = json.loads(written["confusion.json"].read_text())
+    run = load_run(tmp_path / "r")
+    expected = evaluate(run.model, wrong, run.preprocess)
+    assert counts["confusion"] == expected.confusion.tolist()
+    assert written["mistakes"].read_bytes()[:8] == PNG
+
+
+def test_report_of_an_in_memory_run_still_has_the_curves(tmp_path):
+    data = make_imageset(n_per_class=6, classes=2, size=12)
+    train(data, "mnist_linear", TrainConfig(epochs=2, val_split=0.0), out=tmp_path / "r",
+          device="cpu", verbose=False)
+    page = write_report(tmp_path / "r").read_text()
+    assert page.count("data:image/png;base64,") == 1  # the curves; no data to evaluate on
+    assert "could not be found again" in page
+
+
+def test_confident_mistakes_orders_wrong_predictions_by_confidence():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 1.0], [0.0, 9.0], [3.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    idx, pred, conf = confident_mistakes(logits, labels, k=5)
+    assert idx.tolist() == [2, 3, 1]  # wrong ones only, most confident first
+    assert pred.tolist() == [1, 0, 1]
+    assert float(conf[0]) == pytest.approx(1 / (1 + torch.e ** -9))
+
+
+def test_plot_history_without_validation(tmp_path):
+    metrics = [{"epoch": e, "loss": 1 / e, "acc": 0.5 + e / 10, "val_loss": None,
+                "val_acc": None, "lr": 0.1 * 0.5 ** e, "seconds": 1.0} for e in range(1, 5)]
+    assert plot_history(metrics, tmp_path / "h.png").read_bytes()[:8] == PNG
