@@ -117,7 +117,8 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, meta: str, opset
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, meta: str) -> torch.Tensor:
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still loads everywhere
         try:
             scripted = torch.jit.trace(model, (x,), check_trace=False)
         except Exception as exc:
