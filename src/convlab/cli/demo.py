@@ -44,7 +44,55 @@ def step_train(out: Path) -> None:
         print(p)
 
 
-DEMO_STEPS = [step_train]
+def step_inspect(out: Path) -> None:
+    """Where AlexNet's units, connections and weights are; the demo run's learned kernels."""
+    from ..analysis import model_stats
+    from ..analysis.figures import save_kernels
+    from ..checkpoint import load_run
+    from ..tables import render_table
+    from .inspect import share_table
+
+    _banner("convlab inspect alexnet: where are the units, connections and weights?")
+    stats = model_stats("alexnet")
+    t = stats.totals()
+    print(f"parameters {t['params']:,}; units {t['units']:,}; connections {t['connections']:,}; "
+          f"MACs {t['macs']:,} (FLOPs = 2 x MACs)")
+    print(render_table(*share_table(stats), right=[False] + [True] * 5))
+    run = load_run(out / "mnist_cnn-fashion-mnist")
+    path = save_kernels(run.model, out / "mnist_cnn-kernels.png", label="mnist_cnn (demo run)")
+    print(f"the 32 learned 5x5 kernels of mnist_cnn: {path}")
+
+
+def step_transfer(out: Path) -> None:
+    """ImageNet top-5 for the coffee photo, then features+linear transfer on 20 images per class."""
+    import skimage.data
+    import torch
+    from PIL import Image
+
+    from ..config import TrainConfig
+    from ..models.pretrained import classify_images
+    from ..predict import Predictor
+    from ..transfer import TransferConfig, transfer
+
+    _banner("convlab classify coffee.png (bundled EfficientNet-Lite0, ImageNet, offline)")
+    photo = out / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(photo)
+    image = torch.from_numpy(skimage.data.coffee()).permute(2, 0, 1).contiguous()
+    for rank, (name, p) in enumerate(classify_images([image], top=5)[0], 1):
+        print(f"{rank}. {name} {p:.3f}")
+
+    _banner("transfer: frozen EfficientNet-Lite0 features + linear head, Fashion-MNIST 20 per class")
+    run_dir = out / "features-fashion-mnist-20shot"
+    r = transfer("fashion-mnist", TransferConfig(strategy="features", head="linear"),
+                 TrainConfig(val_split=0.25), out=run_dir, overwrite=True, few_shot=20)
+    print(f"validation accuracy {r.val_acc:.4f} with 15 training images per class; run saved in {run_dir}")
+    samples = sorted((out / "samples").glob("*.png"))[:3]
+    if samples:
+        for p in Predictor(run_dir).predict_files(samples, top=2):
+            print(p)
+
+
+DEMO_STEPS = [step_train, step_inspect, step_transfer]
 
 
 def run_demo(out: Path) -> int:
