@@ -113,8 +113,10 @@ def affine(x: torch.Tensor, min_area: float, degrees: float, translate: float) -
         ratio = torch.exp(_uniform(b, math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), dev))
         sx = (area * ratio).sqrt().clamp(max=1.0)       # crop width / image width
         sy = (area / ratio).sqrt().clamp(max=1.0)
-        cx = (torch.rand(b, device=dev) * 2 - 1) * (1 - sx)  # crop centre, -1..1 coordinates
-        cy = (torch.rand(b, device=dev) * 2 - 1) * (1 - sy)
+        # crop centre in -1..1 coordinates, so that every sample stays between the outer
+        # pixel centres (no zero padding creeps in at the crop's edges)
+        cx = (torch.rand(b, device=dev) * 2 - 1) * (1 - sx) * (x.shape[-1] - 1) / x.shape[-1]
+        cy = (torch.rand(b, device=dev) * 2 - 1) * (1 - sy) * (x.shape[-2] - 1) / x.shape[-2]
     angle = _uniform(b, -degrees, degrees, dev) * (math.pi / 180)
     cos, sin = angle.cos(), angle.sin()
     tx = cx + _uniform(b, -2 * translate, 2 * translate, dev)  # the side spans 2 units
