@@ -314,3 +314,32 @@ def test_import_folder_of_class_folders(client):
     assert r.status_code == 400 and "class folder" in r.json()["detail"]
     r = client.post(f"/api/projects/{pid}/import", files=[("files", ("../x.png", image_bytes((1, 2, 3)), "image/png"))])
     assert r.status_code == 400
+
+
+def test_teach_on_another_host_requires_its_printed_token(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "convlab", "teach", "--host", "0.0.0.0",
+                             "--port", "0", "--home", str(tmp_path / "home")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        first = proc.stdout.readline()
+        url, token = re.search(r"open (http://0\.0\.0\.0:\d+/)\?token=(\S+)", first).groups()
+        base = url.replace("0.0.0.0", "127.0.0.1")
+        for _ in range(300):
+            try:
+                r = httpx.get(base + "api/projects", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert r.status_code == 401
+        assert httpx.get(base + "api/projects", headers={"Authorization": f"Bearer {token}"}).json() == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

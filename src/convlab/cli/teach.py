@@ -66,7 +66,7 @@ def cmd_teach(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     hosts = {f"{shown}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"} if loopback else None
-    home = Path(args.home) if args.home else default_home()
+    home = (Path(args.home) if args.home else default_home()).expanduser().resolve()
     app = create_app(home, token=token, hosts=hosts)
     rec = app.state.recovered
     if any(rec.values()):

@@ -27,7 +27,7 @@ __all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "export_project"
 
 BACKBONE = "efficientnet_lite0"
 HEADS = ("knn", "linear", "mlp")
-_EMBED_BATCH = 32
+_EMBED_BATCH = 16   # images per embedding step (and per progress update)
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class Jobs:
                         job.done += len(part)
             x_train = np.concatenate([x_train, *extra])
             y_train = np.concatenate([y_train, *extra_y])
-        job.stage, job.done, job.total = "fitting", 0, options.epochs if options.head != "knn" else 1
+        job.stage, job.done, job.total = "fitting", 0, 0   # fit_head reports no steps
         head_opts = {"knn": {"k": options.k}, "linear": {},
                      "mlp": {"epochs": options.epochs, "lr": options.lr}}[options.head]
         head = fit_head(options.head, torch.from_numpy(x_train), torch.from_numpy(y_train),
