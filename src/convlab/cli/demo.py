@@ -44,6 +44,25 @@ def step_train(out: Path) -> None:
         print(p)
 
 
+def step_inspect(out: Path) -> None:
+    """Where AlexNet's units, connections and weights are; the demo run's learned kernels."""
+    from ..analysis import model_stats
+    from ..analysis.figures import save_kernels
+    from ..checkpoint import load_run
+    from ..tables import render_table
+    from .inspect import share_table
+
+    _banner("convlab inspect alexnet: where are the units, connections and weights?")
+    stats = model_stats("alexnet")
+    t = stats.totals()
+    print(f"parameters {t['params']:,}; units {t['units']:,}; connections {t['connections']:,}; "
+          f"MACs {t['macs']:,} (FLOPs = 2 x MACs)")
+    print(render_table(*share_table(stats), right=[False] + [True] * 5))
+    run = load_run(out / "mnist_cnn-fashion-mnist")
+    path = save_kernels(run.model, out / "mnist_cnn-kernels.png", label="mnist_cnn (demo run)")
+    print(f"the 32 learned 5x5 kernels of mnist_cnn: {path}")
+
+
 def step_transfer(out: Path) -> None:
     """ImageNet top-5 for the coffee photo, then features+linear transfer on 20 images per class."""
     import skimage.data
@@ -73,7 +92,7 @@ def step_transfer(out: Path) -> None:
             print(p)
 
 
-DEMO_STEPS = [step_train, step_transfer]
+DEMO_STEPS = [step_train, step_inspect, step_transfer]
 
 
 def run_demo(out: Path) -> int:
