@@ -64,7 +64,7 @@ class TrainConfig:
 
     epochs: int = 2                 # passes over the training split
     batch_size: int = 100           # images per optimizer step (global, across ranks)
-    lr: float = 1e-3                # step size
+    lr: float = 3e-3                # step size (the peak of the default one-cycle schedule)
     optimizer: str = "adam"         # sgd | momentum | nesterov | adam | adamw
     momentum: float = 0.9           # for momentum and nesterov
     weight_decay: float = 0.0       # L2 penalty (decoupled for adamw)
@@ -74,7 +74,7 @@ class TrainConfig:
     channels_last: bool = True      # NHWC memory layout for 4-D conv activations
     sync_bn: bool = False           # BatchNorm statistics over the global batch across ranks
     # schedule: lr x lr_factor(t) before every step (train/schedules.py)
-    schedule: str = "constant"      # constant | step | exponential | inverse-time | sqrt | exp | cosine | one-cycle
+    schedule: str = "one-cycle"     # constant | step | exponential | inverse-time | sqrt | exp | cosine | one-cycle
     warmup: float = 0.0             # epochs of linear warm-up from 0 (any schedule)
     peak: float = 0.25              # one-cycle: fraction of the run spent warming up to lr
     step_every: int = 10            # step: decay every this many epochs (or batches)
