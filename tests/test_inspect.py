@@ -164,13 +164,14 @@ def test_errors(capsys):
     assert "too small" in err and "'features.12'" in err and "3x63x63" in err
     assert main(["inspect", "lenet5", "--input", "1x28x28"]) == 2
     assert "'features.6'" in capsys.readouterr().err          # C5 has a 4x4 input for a 5x5 kernel
-    for bad in ("3x224x", "abc", "0x10x10", "2x224x224"):
+    for bad in ("3x224x", "3x224", "abc", "0x10x10", "2x224x224"):
         assert main(["inspect", "alexnet", "--input", bad]) == 2
         assert "--input" in capsys.readouterr().err
     assert main(["inspect", "--compare", "alexnet,vgg61"]) == 2
     assert "did you mean" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         parse_input("3x-1x4")
+    assert parse_input("1x56x56") == (1, 56, 56) and parse_input("128") == (0, 128, 128)
 
 
 def test_conv_cost_lecture_examples(capsys):

@@ -15,19 +15,19 @@ __all__ = ["parse_input", "default_input", "default_classes", "model_stats", "Mo
 
 
 def parse_input(text: str) -> tuple[int, int, int]:
-    """'3x224x224' -> (3, 224, 224); 'HxW' and 'H' keep the model's channels (C=0)."""
+    """'3x224x224' -> (3, 224, 224); a single side '224' keeps the model's channels (C=0).
+
+    Two numbers are refused: '3x224' could mean channels x side or height x width."""
     parts = re.split(r"[x,×]", text.strip().lower()) if text else []
     try:
         dims = [int(p) for p in parts]
     except ValueError:
         dims = []
-    if len(dims) not in (1, 2, 3) or any(d < 1 for d in dims):
-        raise ConfigError(f"--input must look like CxHxW (e.g. 3x224x224), HxW or H with positive "
-                          f"integers; got '{text}'")
+    if len(dims) not in (1, 3) or any(d < 1 for d in dims):
+        raise ConfigError(f"--input must look like CxHxW (e.g. 3x224x224) or a single side "
+                          f"(e.g. 224) with positive integers; got '{text}'")
     if len(dims) == 1:
         return 0, dims[0], dims[0]
-    if len(dims) == 2:
-        return 0, dims[0], dims[1]
     if dims[0] not in (1, 3):
         raise ConfigError(f"--input channels must be 1 or 3; got {dims[0]} in '{text}'")
     return dims[0], dims[1], dims[2]

@@ -268,7 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "FLOPs = 2 x MACs. Counted on the meta device: no memory, under a second.")
     p.add_argument("model", nargs="?", help="a registered model (see: convlab models)")
     p.add_argument("--input", help="input CxHxW, e.g. 3x224x224 (default: the model's own; "
-                   "HxW or H keep its channels)")
+                   "a single side, e.g. 128, keeps its channels)")
     p.add_argument("--classes", type=int, help="number of classes (default: 1000 for ImageNet "
                    "zoo models, the model's own for the others)")
     p.add_argument("--depth", type=int, help="merge layers into blocks this many names deep "
