@@ -19,7 +19,7 @@ __all__ = ["plot_lr_find", "plot_history", "plot_confusion", "confident_mistakes
            "plot_mistakes"]
 
 
-def plot_lr_find(result, path: str | os.PathLike) -> Path:
+def plot_lr_find(result, path: str | os.PathLike, title: str = "") -> Path:
     """Loss against learning rate (log axis): raw and smoothed, with the suggestion."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     finite = [(lr, s) for lr, s in zip(result.lrs, result.smoothed) if math.isfinite(s)]
@@ -35,10 +35,11 @@ def plot_lr_find(result, path: str | os.PathLike) -> Path:
     ax.set_xscale("log")
     ax.set_xlim(result.start_lr, result.end_lr)
     start = finite[0][1]
-    ax.set_ylim(best - 0.1 * (start - best + 1e-3), max(start, best) * 1.6)  # hide the blow-up
+    low = min(best, min(v for _, v in raw))
+    ax.set_ylim(low - 0.05 * (start - low + 1e-3), max(start, best) * 1.6)  # hide the blow-up
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
-    ax.set_title("Learning-rate range test")
+    ax.set_title("Learning-rate range test" + (f": {title}" if title else ""))
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return save_figure(fig, path)
@@ -61,8 +62,11 @@ def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     axes[2].plot(epochs, [m["lr"] for m in metrics], "o-", color="C2", ms=3)
-    if all(m["lr"] > 0 for m in metrics) and max(m["lr"] for m in metrics) > 3 * min(m["lr"] for m in metrics):
+    lrs = [m["lr"] for m in metrics]
+    if min(lrs) > 0 and max(lrs) > 3 * min(lrs):
         axes[2].set_yscale("log")
+    elif max(lrs) == min(lrs):  # a constant rate: show it as a flat line at its value
+        axes[2].set_ylim(0, 2 * max(lrs) or 1)
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("learning rate")
     axes[2].set_title("Learning rate (at the end of each epoch)")

@@ -80,7 +80,10 @@ def write_run_plots(run_dir: str | os.PathLike, *, data: ImageSet | None = None,
     split = split or "evaluation"
     result = evaluate(run.model, data, run.preprocess, device=device)
     info = {"dataset": data.name, "split": split, **result.to_dict()}
-    atomic_write_bytes(path / CONFUSION_JSON, json.dumps(info, indent=2).encode())
+    text = json.dumps({**info, "confusion": None}, indent=2)  # one matrix row per line:
+    rows = ",\n    ".join(json.dumps(r) for r in info["confusion"])
+    text = text.replace('"confusion": null', f'"confusion": [\n    {rows}\n  ]')
+    atomic_write_bytes(path / CONFUSION_JSON, text.encode())
     written["confusion.json"] = path / CONFUSION_JSON
     written["confusion"] = plot_confusion(
         result.confusion, result.classes, path / PLOT_FILES["confusion"],

@@ -38,7 +38,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     result = lr_find(model, data, preprocess, config=config, start_lr=args.start_lr,
                      end_lr=args.end_lr, steps=args.steps, device=device)
     out = Path(args.out) if args.out else Path("runs") / f"lr-find-{args.model}-{Path(args.dataset).name}.png"
-    plot_lr_find(result, out)
+    plot_lr_find(result, out, title=f"{args.model} on {data.name}, {args.optimizer}, "
+                                    f"batch {args.batch_size}")
     if args.json:
         print(json.dumps({k: v for k, v in result.to_dict().items()
                           if k not in ("lrs", "losses", "smoothed")}, indent=2))
@@ -77,14 +78,15 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     from ..train.sanity import gradcheck
 
     spec = model_spec(args.model)
-    size = args.input_size or (max(spec.min_input_size, 8) if spec.flexible_size
-                               else spec.input_size)
+    # small but valid: big models accept inputs far below their training size
+    size = args.input_size or max(spec.min_input_size, 8 if spec.flexible_size else 32)
     channels = args.channels or spec.channels
     torch.manual_seed(args.seed)
     model = create_model(args.model, num_classes=args.classes, in_chans=channels,
                          **({"input_size": size} if spec.flexible_size else {}))
     x = torch.randn(args.batch, channels, size, size, generator=torch.Generator().manual_seed(args.seed))
-    samples = None if args.all else args.samples
+    tensors = sum(1 for p in model.parameters() if p.requires_grad) + 1
+    samples = None if args.all else args.samples or min(64, max(4, 2048 // tensors))
     result = gradcheck(model, x, eps=args.eps, threshold=args.threshold, samples=samples,
                        seed=args.seed, verbose=True)
     if args.json:
@@ -105,7 +107,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
                          f"{w['numeric']:.9g}", f"{w['rel_error']:.2e}", "yes" if w["kink"] else ""]
                         for t, w in worst], right=[False, False, True, True, True, False]))
     if result.kink_layers:
-        print(f"\nnote: {', '.join(result.kink_layers)} have kinks (ReLU / max pool); "
+        print(f"\nnote: {', '.join(result.kink_layers)} have kinks; "
               f"{result.kinks} checked entries moved an input across one and were left out, "
               f"since a finite difference across a kink is meaningless there")
     zero = [t.name for t in result.tensors if t.zero]
@@ -185,7 +187,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), help="input channels (default: the model's)")
     p.add_argument("--classes", type=int, default=3, help="classes of the model (default 3)")
     p.add_argument("--batch", type=int, default=2, help="images in the input (default 2)")
-    p.add_argument("--samples", type=int, default=64, help="entries checked per tensor (default 64)")
+    p.add_argument("--samples", type=int,
+                   help="entries checked per tensor (default 64, fewer for models with many tensors)")
     p.add_argument("--all", action="store_true", help="check every entry (slow for big models)")
     p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
     p.add_argument("--threshold", type=float, default=1e-6,

@@ -147,12 +147,14 @@ def _diagnose(losses: list[float], lr: float) -> str:
     if last > first or last > 2 * low:
         return (f"The loss went up or jumps: the learning rate {lr:g} is probably too high "
                 f"(try {lr / 10:g}).")
-    if last > 0.5 * first:
+    if last > 0.9 * first:
         return (f"The loss barely fell: the learning rate {lr:g} may be too low (try {lr * 10:g}), "
                 "or the model has a bug (a layer not connected to the output, the output "
                 "size not matching the classes, the labels not matching the images).")
-    return (f"The loss is falling but slowly: train longer (--max-epochs) or raise the learning "
-            f"rate (try {lr * 3:g}); if it stalls, the model may be too small for these images.")
+    return (f"The loss is falling but not far enough yet: train longer (--max-epochs "
+            f"{2 * len(losses)}) or raise the learning rate a little (try {lr * 3:g}); deep "
+            "networks without BatchNorm often sit on a plateau under plain SGD before they "
+            "start to learn.")
 
 
 # --------------------------------------------------------------------------- gradcheck
@@ -331,7 +333,7 @@ def _check(net: nn.Module, inputs: tuple[torch.Tensor, ...], eps: float, thresho
     for m in net.modules():
         rule = _kink_rule(m)
         if rule is not None:
-            kink_layers.append(names[m] or type(m).__name__)
+            kink_layers.append(f"{names[m] or 'the module'} ({type(m).__name__})")
             hooks.append(m.register_forward_hook(
                 lambda mod, args, out, rule=rule: patterns.append(rule(mod, args[0].detach()))))
     # BatchNorm's running statistics change on every training-mode forward; keep them fixed
