@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..config import SCHEDULES, TrainConfig
-from .loop import Callback, TrainState
+from .loop import Callback, EpochStats, TrainState
 
 __all__ = ["SCHEDULES", "lr_factor", "LRSchedule", "schedule_curve"]
 
@@ -88,6 +88,9 @@ class LRSchedule(Callback):
 
     def on_batch_end(self, state: TrainState) -> None:
         self._apply(state)
+
+    def on_epoch_end(self, state: TrainState, stats: EpochStats) -> None:
+        stats.extra["lr"] = float(state.optimizer.param_groups[0]["lr"])  # on the epoch line
 
     def _apply(self, state: TrainState) -> None:
         n = max(state.steps_per_epoch, 1)
