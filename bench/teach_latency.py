@@ -6,7 +6,7 @@ A project with two classes (crops of scikit-image's cat and coffee photos) is tr
 sample uploads are timed one at a time (p50, p99), and the live preview's rate with
 two requests in flight (what the UI does). The reference, measured in the same run
 and process as this script: the eager-torch path for the same frame (decode,
-embed_images on the bundled backbone, head) without HTTP. `ratio` = reference p50 /
+embed_images on the bundled backbone, head; one torch thread like the server) without HTTP. `ratio` = reference p50 /
 API p50 (above 1: the API with its ONNX Runtime backbone is faster than plain torch).
 Target: p50 under 100 ms for both. Prints one JSON line.
 
@@ -112,8 +112,10 @@ def timed(fn, n: int) -> list[float]:
 
 
 def reference_torch_ms(frame: bytes, run_dir: Path, n: int) -> list[float]:
-    """Decode, embed with eager torch (embed_images), apply the head: no HTTP, no ONNX."""
+    """Decode, embed with eager torch (embed_images), apply the head: no HTTP, no ONNX;
+    one torch thread, as the server runs."""
     import torch
+    torch.set_num_threads(1)
 
     from convlab.embed import embed_images
     from convlab.web.learn import load_head

@@ -195,7 +195,9 @@ def wait_trained(client, pid, timeout=300):
     raise AssertionError("training did not finish")
 
 
-def test_train_preview_and_export(tmp_path):
+def test_train_preview_and_export(tmp_path, tmp_path_factory, monkeypatch):
+    from test_web_browser import shared_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache(tmp_path_factory)))
     with TestClient(create_app(tmp_path / "home")) as client:
         check_train_preview_and_export(client, tmp_path)
 
@@ -263,16 +265,16 @@ def check_train_preview_and_export(client, tmp_path):
     assert job["state"] == "ready" and len(client.get(f"/api/projects/{pid}/models").json()) == 2
 
 
-def test_killed_server_mid_training_keeps_every_sample(tmp_path):
+def test_killed_server_mid_training_keeps_every_sample(tmp_path, tmp_path_factory):
     """SIGKILL the real server while it trains; the restarted one has every sample,
     reports the interrupted training, and trains again."""
     import os
     import signal
 
     import httpx
-    from test_web_browser import start_server, stop_server
+    from test_web_browser import shared_cache, start_server, stop_server
 
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CONVLAB_OFFLINE": "1"}
+    env = {**os.environ, "XDG_CACHE_HOME": str(shared_cache(tmp_path_factory)), "CONVLAB_OFFLINE": "1"}
     home = tmp_path / "home"
     proc, url = start_server(home, env)
     try:
@@ -316,15 +318,16 @@ def test_import_folder_of_class_folders(client):
     assert r.status_code == 400
 
 
-def test_teach_on_another_host_requires_its_printed_token(tmp_path):
+def test_teach_on_another_host_requires_its_printed_token(tmp_path, tmp_path_factory):
     import os
     import re
     import subprocess
     import sys
 
     import httpx
+    from test_web_browser import shared_cache
 
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {**os.environ, "XDG_CACHE_HOME": str(shared_cache(tmp_path_factory))}
     proc = subprocess.Popen([sys.executable, "-m", "convlab", "teach", "--host", "0.0.0.0",
                              "--port", "0", "--home", str(tmp_path / "home")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
