@@ -147,6 +147,10 @@ def test_gradcheck_names_a_layer_that_cannot_run_in_float64():
     net = nn.Sequential(nn.Linear(4, 3), Float32Matmul())
     with pytest.raises(ModelError, match=r"layer '1' \(Float32Matmul\) fails"):
         gradcheck(net, torch.randn(2, 4))
+    # a wrong input is not blamed on float64
+    with pytest.raises(ModelError, match=r"fails on this input \(shape \(2, 5\)\) at layer "
+                                         r"'0' \(Linear\)"):
+        gradcheck(net, torch.randn(2, 5))
 
 
 def test_gradcheck_cli(capsys):

@@ -250,15 +250,11 @@ class GradcheckResult:
                 "kink_layers": self.kink_layers, "tensors": [asdict(t) for t in self.tensors]}
 
 
-def _float64_copy(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
-    """A float64 copy of `module` that runs on `inputs`, or ModelError naming the layer
-    that cannot (raises in float64, or hands back another dtype)."""
-    net = copy.deepcopy(module).cpu()
-    try:
-        net = net.double()
-    except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"gradcheck: the model cannot be converted to float64 ({exc})") from None
-    names = {m: n or type(m).__name__ for n, m in net.named_modules()}
+def _run_watched(net: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[str, str]:
+    """Run `net` once; ('', '') when it works, else (the innermost layer that was running
+    when it failed, its first error line). Also checks that float64 stays float64."""
+    names = {m: f"'{n}' ({type(m).__name__})" if n else f"the module ({type(m).__name__})"
+             for n, m in net.named_modules()}
     running: list[nn.Module] = []
     bad: list[str] = []
 
@@ -270,11 +266,9 @@ def _float64_copy(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Mod
         ins = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if ins and all(a.dtype == torch.float64 for a in ins) and not bad:
-            for o in outs:
-                if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dtype != torch.float64:
-                    bad.append(f"layer '{names[m]}' ({type(m).__name__}) returns {o.dtype} "
-                               f"from float64 input")
-                    break
+            bad.extend(f"layer {names[m]} returns {o.dtype} from float64 input" for o in outs
+                       if isinstance(o, torch.Tensor) and o.is_floating_point()
+                       and o.dtype != torch.float64)
 
     hooks = [h for m in net.modules() for h in (m.register_forward_pre_hook(pre),
                                                    m.register_forward_hook(post))]
@@ -282,16 +276,36 @@ def _float64_copy(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Mod
         with torch.no_grad():
             net(*inputs)
     except Exception as exc:  # any layer's failure: name the innermost one that was running
-        where = running[-1] if running else net
-        raise ModelError(f"gradcheck needs every layer to run in float64, but layer "
-                         f"'{names.get(where, '?')}' ({type(where).__name__}) fails: "
-                         f"{str(exc).splitlines()[0]}") from None
+        return names.get(running[-1] if running else net, "?"), str(exc).splitlines()[0]
     finally:
         for h in hooks:
             h.remove()
-    if bad:
-        raise ModelError(f"gradcheck needs every layer to run in float64, but {bad[0]}; "
+    return (bad[0], "") if bad else ("", "")
+
+
+def _float64_copy(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A float64 copy of `module` that runs on `inputs`, or ModelError naming the layer
+    that cannot (raises in float64, or hands back another dtype)."""
+    net = copy.deepcopy(module).cpu()
+    try:
+        net = net.double()
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"gradcheck: the model cannot be converted to float64 ({exc})") from None
+    where, error = _run_watched(net, inputs)
+    if where and not error:
+        raise ModelError(f"gradcheck needs every layer to run in float64, but {where}; "
                          f"make it keep its input's dtype")
+    if where:
+        # does the module fail on this input anyway, in its own precision?
+        own = copy.deepcopy(module).cpu()
+        dtype = next((p.dtype for p in own.parameters() if p.is_floating_point()), torch.float32)
+        where_own, error_own = _run_watched(own, tuple(x.to(dtype) if x.is_floating_point()
+                                                       else x for x in inputs))
+        if error_own:
+            raise ModelError(f"gradcheck: the module fails on this input (shape "
+                             f"{tuple(inputs[0].shape)}) at layer {where_own}: {error_own}")
+        raise ModelError(f"gradcheck needs every layer to run in float64, but layer {where} "
+                         f"fails: {error}")
     return net
 
 
