@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import time
 import zipfile
@@ -346,3 +347,14 @@ def test_teach_on_another_host_requires_its_printed_token(tmp_path, tmp_path_fac
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_pages_work_offline(client):
+    """The UI and the API page load nothing from the internet."""
+    from convlab.web.app import STATIC
+    for page in ("/", "/docs"):
+        r = client.get(page)
+        assert r.status_code == 200 and "<script" in r.text
+    for f in STATIC.iterdir():
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", f.read_text()), f.name
+    assert "/api/projects/{pid}/predict" in client.get("/openapi.json").json()["paths"]

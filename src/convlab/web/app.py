@@ -12,10 +12,11 @@ from pathlib import Path, PurePosixPath
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..data.sources import cache_root
-from ..errors import ConvlabError
+from ..errors import ConfigError, ConvlabError, DatasetError, unknown
 from .learn import BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TrainOptions, export_project
 from .security import Guard
 from .store import Limits, NotFound, Store, check_name
@@ -55,7 +56,9 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
         backbone.start()
     previewer = Previewer(store, backbone)
 
-    app = FastAPI(title="convlab teach", version=__version__,
+    # FastAPI's own /docs pages load their scripts from a CDN; this app works offline, so
+    # /docs is a small page of ours that renders /openapi.json.
+    app = FastAPI(title="convlab teach", version=__version__, docs_url=None, redoc_url=None,
                   description="Teach an image classifier from your webcam or files; everything "
                               "stays on this machine. The UI at / uses exactly this API.")
     app.state.store, app.state.jobs, app.state.previewer = store, jobs, previewer
@@ -124,12 +127,10 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                           "?source=webcam|upload|import records where they came from.")
     async def add_samples(cid: int, request: Request, source: str = "upload") -> list[dict]:
         if source not in SOURCES:
-            raise NotFound(f"unknown source '{source}'; valid: {', '.join(SOURCES)}")
+            raise ConfigError(unknown("source", source, SOURCES))
         files = await _files_from(request)
         if not files:
-            from ..errors import DatasetError
             raise DatasetError("no files in the request; send them as multipart field 'files'")
-        from starlette.concurrency import run_in_threadpool
         return await run_in_threadpool(store.add_samples, cid, [d for _, d in files], source)
 
     @app.post("/api/projects/{pid}/import", status_code=201,
@@ -143,7 +144,6 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
         for name, data in files:
             parts = PurePosixPath(name.replace("\\", "/")).parts
             if len(parts) < 2:
-                from ..errors import DatasetError
                 raise DatasetError(f"file {name!r} is not inside a class folder; expected "
                                    f"CLASS/image.jpg")
             groups.setdefault(check_name(parts[0], "class"), []).append(data)
@@ -155,7 +155,6 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                 cid = existing.get(cls) or store.add_class(pid, cls)["id"]
                 added[cls] = len(store.add_samples(cid, datas, "import"))
             return {"added": added}
-        from starlette.concurrency import run_in_threadpool
         return await run_in_threadpool(work)
 
     @app.delete("/api/samples/{sid}", status_code=204, summary="Delete a sample")
@@ -200,7 +199,6 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
             data = files[0][1] if files else b""
         else:
             data = await request.body()
-        from starlette.concurrency import run_in_threadpool
         return await run_in_threadpool(previewer.predict, pid, data)
 
     # -------------------------------------------------------------- export
@@ -238,6 +236,10 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
         if "token" in request.query_params:  # the cookie is set by the guard; drop the token
             return RedirectResponse("/", status_code=303)
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)

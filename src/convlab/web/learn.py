@@ -182,6 +182,7 @@ class Jobs:
         try:
             classes, metrics = self._train(job, options)
             self.store.finish_model(job.model_id, classes, metrics)
+            job.finished = time.time()  # before the state: pollers read both
             job.state, job.stage, job.message = "ready", "done", "trained"
         except Exception as exc:  # reported to the UI; the model row says why it failed
             msg = str(exc) if isinstance(exc, ConvlabError) else f"{type(exc).__name__}: {exc}"
@@ -192,8 +193,8 @@ class Jobs:
             except Exception:  # the project may have been deleted meanwhile
                 pass
             shutil.rmtree(self.store.model_dir / f"{job.model_id}.tmp", ignore_errors=True)
+            job.finished = time.time()
             job.state, job.message = "failed", msg
-        job.finished = time.time()
 
     def embeddings(self, shas: list[str], job: JobStatus | None = None) -> np.ndarray:
         """Embeddings of stored samples (N, D), computing and storing the missing ones."""
