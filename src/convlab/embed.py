@@ -32,6 +32,7 @@ from .models import default_preprocess, model_spec
 from .models.backbone import FeatureExtractor
 from .models.pretrained import pretrained_model, weights_id
 from .progress import progress
+from .train.distributed import broadcast_from_main, gather_shares, world
 
 __all__ = ["embed_images", "embed_imageset", "Embedder", "backbone_preprocess", "image_keys",
            "EMBED_CHUNK"]
@@ -135,8 +136,10 @@ class Embedder:
         self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # unset (None) preprocessing fields are left out, so a new optional field keeps old keys
+        pre = {k: v for k, v in self.preprocess.to_dict().items() if v is not None}
         key = json.dumps({"backbone": backbone, "weights": weights_id(weights), "layer": self.layer,
-                          "preprocess": self.preprocess.to_dict()}, sort_keys=True)
+                          "preprocess": pre}, sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.cache = _Cache(cache_root() / "embeddings" / self.key) if cache else None
         self.stats = EmbedStats()
@@ -167,8 +170,9 @@ class Embedder:
             raise ConfigError(f"batch size must be at least 1; got {batch_size}")
         t0 = time.perf_counter()
         n = len(images)
+        rank, size = world()  # under torchrun: rank 0 reads the cache, each rank embeds a share
         keys = image_keys(images) if self.cache is not None else None
-        known = self.cache.read() if self.cache is not None else {}
+        known = self.cache.read() if self.cache is not None and rank == 0 else {}
         rows: list[torch.Tensor | None] = [known.get(k.tobytes()) for k in keys] if keys is not None \
             else [None] * n
         todo = [i for i, r in enumerate(rows) if r is None]
@@ -177,9 +181,14 @@ class Embedder:
         for i in todo:
             first.setdefault(keys[i].tobytes() if keys is not None else i, i)
         unique = list(first.values())
-        bar = progress(len(unique), f"embed ({self.backbone})", "img", enabled=show_progress)
-        for c in range(0, len(unique), EMBED_CHUNK):
-            chunk = unique[c:c + EMBED_CHUNK]
+        if size > 1:  # rank 0's list of images to compute, split r::size across the ranks
+            unique = broadcast_from_main(torch.tensor(unique, dtype=torch.int64) if rank == 0
+                                         else None, torch.int64).tolist()
+        mine = unique[rank::size]
+        bar = progress(len(mine), f"embed ({self.backbone})", "img",
+                       enabled=show_progress and rank == 0)
+        for c in range(0, len(mine), EMBED_CHUNK):
+            chunk = mine[c:c + EMBED_CHUNK]
             outs = []
             for b in range(0, len(chunk), batch_size):
                 idx = torch.tensor(chunk[b:b + batch_size])
@@ -191,14 +200,22 @@ class Embedder:
             if self.cache is not None:
                 self.cache.write(keys[chunk], emb)
         bar.close()
+        if size > 1:  # every rank's share (its cache shards already written) back in order
+            shares = [rows[i] for i in mine]
+            done = torch.stack(shares) if shares else torch.zeros(0, self.dim)
+            for i, e in zip(unique, gather_shares(done, len(unique))):
+                rows[i] = e
         for i in todo:
             if rows[i] is None:
                 rows[i] = rows[first[keys[i].tobytes()]]
-        if self.cache is not None and unique:
+        if self.cache is not None and unique and rank == 0:
             self.cache.compact()
         self.stats = EmbedStats(n, n - len(todo), len(unique), time.perf_counter() - t0)
         if n == 0:
             return torch.zeros(0, self.dim)
+        if size > 1:  # rows rank 0 found in its cache: its result is everyone's
+            return broadcast_from_main(torch.stack(rows).float() if rank == 0 else None,
+                                       torch.float32)
         return torch.stack(rows).float()                       # (N, D)
 
     @property
