@@ -41,6 +41,19 @@ def test_kernels_of_a_trained_run(cnn_run, capsys):
     _check_png(path)
 
 
+def test_inspect_a_run_directory(cnn_run, capsys):
+    import json
+
+    from convlab.checkpoint import load_run
+
+    assert main(["inspect", str(cnn_run), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    run = load_run(cnn_run)
+    assert data["classes"] == 3 and data["input"] == [1, 28, 28]
+    assert data["totals"]["params"] == sum(p.numel() for p in run.model.parameters()) == \
+        5 * 5 * 32 + 32 + 2 * 32 + 32 * 14 * 14 * 3 + 3
+
+
 def test_kernels_tensor_is_the_first_conv():
     model = create_model("mnist_cnn")
     name, w, note = conv_kernels(model)

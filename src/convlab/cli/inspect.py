@@ -99,9 +99,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError("name a model (convlab inspect alexnet) or give --compare a,b,c; "
                           "see: convlab models")
     shape = parse_input(args.input) if args.input else None
-    classes = default_classes(args.model) if args.classes is None else args.classes
-    stats = model_stats(args.model, shape, classes)
-    _print_inspect(args.model, stats, classes, args.depth, args.format)
+    name, extra = args.model, {}
+    if Path(args.model).is_dir():  # a run directory: its model as it was trained
+        from ..checkpoint import read_meta
+
+        meta = read_meta(args.model)
+        extra = dict(meta.get("model", {}).get("kwargs", {}))
+        name = meta.get("model", {}).get("name", "")
+        pre = meta.get("preprocess", {})
+        c = extra.pop("in_chans", pre.get("channels", 0))
+        side = extra.pop("input_size", None) or (pre.get("size") or [None])[0]
+        shape = shape or ((c, side, side) if side else None)
+        classes_default = extra.pop("num_classes", None) or len(meta.get("classes", [])) or None
+    else:
+        classes_default = default_classes(name)
+    classes = classes_default if args.classes is None else args.classes
+    stats = model_stats(name, shape, classes, **extra)
+    _print_inspect(name if name == args.model else f"{name} ({args.model})", stats, classes,
+                   args.depth, args.format)
     return 0
 
 
@@ -266,7 +281,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Per-layer table of a registered model (output shape, units, connections, "
         "weights, biases, MACs), the totals and the share of each by layer type. "
         "FLOPs = 2 x MACs. Counted on the meta device: no memory, under a second.")
-    p.add_argument("model", nargs="?", help="a registered model (see: convlab models)")
+    p.add_argument("model", nargs="?", help="a registered model (see: convlab models) or a run "
+                   "directory")
     p.add_argument("--input", help="input CxHxW, e.g. 3x224x224 (default: the model's own; "
                    "a single side, e.g. 128, keeps its channels)")
     p.add_argument("--classes", type=int, help="number of classes (default: 1000 for ImageNet "
