@@ -96,6 +96,14 @@ def test_macs_agree_with_torch_flop_counter(name):
     assert s.params == sum(p.numel() for p in model.parameters())
 
 
+def test_timm_norm_act_layers_count_as_norm():
+    s = model_stats("efficientnet_lite0")
+    bn1 = next(r for r in s.layers if r.name == "bn1")
+    assert bn1.type == "BatchNormAct2d" and bn1.kind == "norm" and bn1.weights == bn1.biases == 32
+    assert not any(r.params for r in s.layers if r.kind == "other")
+    assert next(r for r in s.layers if r.name == "blocks.0.0.conv_dw").type == "Conv2d dw"
+
+
 def test_depth_is_the_longest_chain_of_weight_layers():
     assert model_stats("alexnet").depth == 8
     assert model_stats("vgg16").depth == 16

@@ -333,7 +333,7 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
         w, b = own_params(m)
         if (leaf and m in calls) or w or b:  # never-run layers only when they hold weights
             units, conn, macs = counts.get(m, (0, 0, 0)) if leaf or m is not model else (0, 0, 0)
-            layers.append(LayerStats(name, _type_name(m), layer_kind(m) if leaf else "other",
+            layers.append(LayerStats(name, _type_name(m), layer_kind(m),
                                      shapes.get(m, ()), units, conn, w, b, macs, calls.get(m, 0)))
         if not leaf and m is not model:
             blocks[name] = LayerStats(name, _type_name(m), "block", shapes.get(m, ()),
