@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from convlab.analysis import layer_stats, model_stats, parse_input
 from convlab.analysis.conv_cost import bottleneck_costs, conv_cost, separable_costs
 from convlab.cli import main
-from convlab.errors import ConfigError, ModelError
+from convlab.errors import ConfigError
 from convlab.models import create_model
 
 
