@@ -187,7 +187,8 @@ def _load_target(target: str, pretrained: bool, classes: int | None):
 
         run = load_run(target)
         name = run.meta.get("model", {}).get("name", "?")
-        return (run.model, f"{name} ({Path(target).name})", run.preprocess, run.classes,
+        label = name if Path(target).name == name else f"{name} ({Path(target).name})"
+        return (run.model, label, run.preprocess, run.classes,
                 run.meta.get("dataset", {}).get("name"))
     if target not in MODELS:
         raise ModelError(unknown("model", target, MODELS,
