@@ -71,8 +71,11 @@ def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = 
     axes[2].set_ylabel("learning rate")
     axes[2].set_title("Learning rate (at the end of each epoch)")
     axes[2].grid(True, alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
     for ax in axes:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
