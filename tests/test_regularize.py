@@ -114,7 +114,7 @@ def test_early_stopping_restores_the_best_epochs_weights(tmp_path):
 def test_weight_initialisation_schemes(scheme):
     torch.manual_seed(0)
     lin = init_weights(nn.Sequential(nn.Linear(400, 300)), scheme, bias=0.01)[0]
-    std = float(lin.weight.std())
+    std = float(lin.weight.detach().std())
     expected = {"gaussian": 0.001, "xavier": math.sqrt(2 / (400 + 300)),
                 "kaiming": math.sqrt(2 / 400)}[scheme]
     assert std == pytest.approx(expected, rel=0.03)

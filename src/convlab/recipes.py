@@ -29,8 +29,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                     val_split=0.0, normalize="channel",
                     augment=AugmentConfig(crop=2, hflip=0.5)),
         "fashion-mnist",
-        "small residual CNN, one-cycle SGD+Nesterov, label smoothing 0.1, random crop (pad 2) "
-        "and horizontal flips, all 60k training images; aims at 94% test accuracy on a 2-core CPU"),
+        "label smoothing 0.1, wd 5e-4, all 60k images; aims at 94% in 10 min on 2 cores"),
 ]}
 
 
