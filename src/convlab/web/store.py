@@ -170,6 +170,10 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "teach.sqlite3"
         self._local = threading.local()
+        # Writing a file and committing its row, and checking a file is unused and deleting
+        # it, each happen under this lock, so a delete never removes the file of an
+        # identical image that another request is adding at the same moment.
+        self._files = threading.Lock()
         self._connect().executescript(_SCHEMA)  # idempotent; executescript commits itself
 
     # ------------------------------------------------------------------ plumbing
@@ -240,10 +244,11 @@ class Store:
         if not shas:
             return
         marks = ",".join("?" * len(shas))
-        still = {r[0] for r in self._query(f"SELECT sha FROM samples WHERE sha IN ({marks})",
-                                           tuple(shas))}
-        for sha in shas - still:
-            self.blob_path(sha).unlink(missing_ok=True)
+        with self._files:
+            still = {r[0] for r in self._query(f"SELECT sha FROM samples WHERE sha IN ({marks})",
+                                               tuple(shas))}
+            for sha in shas - still:
+                self.blob_path(sha).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ projects
     def create_project(self, name: str) -> dict:
@@ -337,20 +342,22 @@ class Store:
         transaction; a bad file refuses the whole request and names which one.
         """
         self.class_(cid)
-        shas = []
+        encoded = []
         for i, data in enumerate(files):
             try:
-                img = canonical_image(data, self.limits)
+                encoded.append(encode_jpeg(canonical_image(data, self.limits)))
             except ConvlabError as exc:
                 exc.args = (f"file {i + 1} of {len(files)}: {exc}",)
                 raise
-            shas.append(self._write_blob(encode_jpeg(img)))
         now = time.time()
-        with self.transaction() as db:
-            if not db.execute("SELECT 1 FROM classes WHERE id=?", (cid,)).fetchone():
-                raise NotFound(f"class {cid} was deleted meanwhile")
-            ids = [db.execute("INSERT INTO samples(class_id, sha, source, created) VALUES (?,?,?,?)",
-                              (cid, sha, source, now)).lastrowid for sha in shas]
+        with self._files:
+            shas = [self._write_blob(data) for data in encoded]
+            with self.transaction() as db:
+                if not db.execute("SELECT 1 FROM classes WHERE id=?", (cid,)).fetchone():
+                    raise NotFound(f"class {cid} was deleted meanwhile")
+                ids = [db.execute("INSERT INTO samples(class_id, sha, source, created) "
+                                  "VALUES (?,?,?,?)", (cid, sha, source, now)).lastrowid
+                       for sha in shas]
         return [{"id": i, "class_id": cid, "sha": s} for i, s in zip(ids, shas)]
 
     def samples(self, cid: int, limit: int = 100, offset: int = 0) -> list[dict]:
