@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import make_imageset
 from convlab.checkpoint import load_run, read_meta
@@ -23,6 +23,8 @@ from convlab.config import TrainConfig
 from convlab.errors import ConfigError, ConvlabError
 from convlab.models import default_preprocess
 from convlab.train import Callback, evaluate, prepare_data, train
+from convlab.embed import Embedder, embed_images
+from convlab.transfer import TransferConfig, transfer
 from convlab.train.distributed import (GlobalBatchNorm, launch, relaunch_with_torchrun,
                                        sync_batchnorm)
 
@@ -55,7 +57,7 @@ def test_nproc2_command_matches_one_process_and_resumes_in_one(tmp_path):
     _write_pngs(folder)  # 48 images: train 36 + val 12; batches of 15 split 8/7, last 6 -> 3/3
     common = [str(folder), "--model", "mnist_linear", "--channels", "1", "--image-size", "28",
               "--batch-size", "15", "--val-split", "0.25", "--optimizer", "momentum",
-              "--lr", "0.02", "--device", "cpu"]
+              "--lr", "0.02", "--schedule", "constant", "--device", "cpu"]
     two = tmp_path / "two"
     proc = subprocess.run([sys.executable, "-m", "convlab", "train", *common, "--epochs", "1",
                            "--nproc", "2", "--out", str(two)],
@@ -69,7 +71,8 @@ def test_nproc2_command_matches_one_process_and_resumes_in_one(tmp_path):
     assert ".staging" not in names
 
     # the references: one process, through the API (same settings as the flags above)
-    cfg = TrainConfig(epochs=1, batch_size=15, val_split=0.25, optimizer="momentum", lr=0.02)
+    cfg = TrainConfig(epochs=1, batch_size=15, val_split=0.25, optimizer="momentum", lr=0.02,
+                      schedule="constant")  # a 1-epoch run is then a 2-epoch run's first half
     same = dict(channels=1, image_size=28, device="cpu", verbose=False)
     one = tmp_path / "one"
     train(folder, "mnist_linear", cfg, out=one, **same)
@@ -87,7 +90,16 @@ def test_nproc2_command_matches_one_process_and_resumes_in_one(tmp_path):
     _assert_same_weights(one2, two)
 
 
-def test_ranks_write_once_count_exactly_and_stop_together(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The references below are small: on a busy 2-core machine threads only wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ranks_write_once_count_exactly_and_stop_together(tmp_path, one_thread):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -120,6 +132,18 @@ def test_ranks_write_once_count_exactly_and_stop_together(tmp_path):
     assert results[0]["n"] == single.n
     assert results[0]["confusion"] == single.confusion.tolist()
     assert results[0]["loss"] == pytest.approx(single.loss, abs=1e-5)
+
+    # embed: each rank embedded a share (one cache shard each); the whole is one process's
+    photos, tcfg, ft_cfg = _transfer_data()
+    emb = load_file(str(tmp_path / "emb.safetensors"))["emb"]
+    assert emb.shape == (len(photos), 1280)
+    embedder = Embedder(image_size=32)
+    assert torch.allclose(embedder.embed(photos.images, show_progress=False), emb, atol=1e-5)
+    assert embedder.stats.cached == len(photos) and len(embedder.cache.shards()) == 2
+    assert torch.allclose(embedder.forward(photos.images), emb, atol=1e-4)  # not the cache
+    # transfer --strategy finetune (trainable BatchNorm synchronised): one process's weights
+    transfer(photos, tcfg, ft_cfg, out=tmp_path / "finetune1", verbose=False)
+    _assert_same_weights(tmp_path / "finetune1", tmp_path / "finetune", atol=1e-4)
 
     # with --sync-bn, BatchNorm sees the whole batch: the same weights as one process
     # (within 1e-4; without it the BatchNorm'd weights differ by about 0.05 here)
@@ -159,6 +183,13 @@ def _worker_data():
         epochs=2, batch_size=9, lr=0.05, optimizer="momentum", val_split=0.3)
 
 
+def _transfer_data():
+    # 12 RGB images, 32 px: train 9 (batches of 5 -> 3/2, last 4 -> 2/2), val 3
+    photos = make_imageset(4, 3, channels=3, size=32, seed=3)
+    return photos, TransferConfig(strategy="finetune", image_size=32, unfreeze=1), TrainConfig(
+        epochs=1, batch_size=5, lr=0.01, optimizer="momentum", val_split=0.25, sync_bn=True)
+
+
 class _FailOnRank1(Callback):
     """Rank 1 dies in its second batch of epoch 2 (after epoch 1 was saved)."""
 
@@ -185,6 +216,11 @@ def _worker(out: Path) -> int:
             {"n": r.n, "loss": r.loss, "top1": r.top1, "confusion": r.confusion.tolist()}))
         train(data, "mnist_cnn", cfg.replace(sync_bn=True), out=out / "syncbn", device="cpu",
               verbose=False)
+        photos, tcfg, ft_cfg = _transfer_data()
+        emb = embed_images(photos.images, image_size=32, progress=False)  # a share per rank
+        if rank == 0:
+            save_file({"emb": emb}, str(out / "emb.safetensors"))
+        transfer(photos, tcfg, ft_cfg, out=out / "finetune", verbose=False)
         try:
             train(data, "mnist_linear", cfg.replace(epochs=3), out=out / "fail", device="cpu",
                   verbose=False, callbacks=[_FailOnRank1(rank)])

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -28,6 +29,7 @@ from ..errors import ConfigError, ConvlabError
 
 __all__ = ["world", "alone", "is_main", "all_reduce_sum", "local_rank", "launched_by_torchrun",
            "backend_for", "process_group", "main_first", "barrier", "broadcast_buffers",
+           "broadcast_from_main", "gather_shares",
            "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "GlobalBatchNorm", "torchrun_command",
            "DistributedError"]
 
@@ -99,10 +101,16 @@ def backend_for(device: torch.device) -> str:
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
+_stop = threading.Event()  # set once this process knows the run is over
+
+
 def _raise_interrupt(signum, frame) -> None:
     # torchrun stops the other processes with SIGTERM when one fails: turn it into the
-    # same clean stop as Ctrl-C (the fit loop keeps the last complete epoch and says so).
-    raise KeyboardInterrupt
+    # same clean stop as Ctrl-C (the fit loop keeps the last complete epoch and says so),
+    # unless this process is already stopping with its own message.
+    if not _stop.is_set():
+        _stop.set()
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -114,6 +122,7 @@ def process_group(device: torch.device | str = "cpu") -> Iterator[tuple[int, int
     if not launched_by_torchrun() or dist.is_initialized():
         yield world()
         return
+    _stop.clear()
     if device.type == "cuda":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend_for(device))
@@ -149,14 +158,50 @@ def broadcast_buffers(model: nn.Module) -> None:
             dist.broadcast(buf, src=0)
 
 
+def broadcast_from_main(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Rank 0's CPU tensor `t` (any shape) on every rank; the others pass None."""
+    rank, size = world()
+    if size == 1:
+        return t
+    header = torch.zeros(9, dtype=torch.int64)  # ndim, then up to 8 sizes
+    if rank == 0:
+        header[0] = t.dim()
+        header[1:1 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    dist.broadcast(header, src=0)
+    shape = header[1:1 + int(header[0])].tolist()
+    out = t.to(dtype).contiguous() if rank == 0 else torch.empty(shape, dtype=dtype)
+    dist.broadcast(out, src=0)
+    return out
+
+
+def gather_shares(mine: torch.Tensor, total: int) -> torch.Tensor:
+    """Every rank's share of `total` rows (rank r computed rows r, r+size, ...; `mine`
+    is (its share, ...)) put back in order on every rank: (total, ...)."""
+    rank, size = world()
+    if size == 1:
+        return mine
+    per = -(-total // size)
+    padded = mine.new_zeros((per, *mine.shape[1:]))
+    padded[:len(mine)] = mine
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    out = mine.new_empty((total, *mine.shape[1:]))
+    for r, part in enumerate(parts):
+        out[r::size] = part[:len(range(r, total, size))]
+    return out
+
+
 def peer_lost(exc: BaseException) -> bool:
     """True when `exc` means another process of the group went away (gloo/NCCL error)."""
     if world()[1] <= 1:
         return False
     text = str(exc)
-    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
         s in text for s in ("closed by peer", "Connection reset", "Broken pipe",
                             "NCCL communicator was aborted"))
+    if lost:
+        _stop.set()  # torchrun's SIGTERM must not cut the message this process is about to give
+    return lost
 
 
 def launch(argv: Sequence[str], nproc: int, *, module: str = "convlab") -> int:
@@ -231,6 +276,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._normalize(x)
+        if "act" in self._modules:  # converted from a norm + activation layer (timm)
+            y = self.act(self.drop(y))
+        return y
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world()[1] > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
@@ -240,7 +291,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         xd = x.double()
         local = torch.cat([xd.sum(dims), (xd * xd).sum(dims),  # (C,), (C,)
                            xd.new_full((1,), x.numel() // max(c, 1))])
-        total = all_reduce(local)                                 # summed over ranks
+        with warnings.catch_warnings():  # deprecated in favour of a private module
+            warnings.simplefilter("ignore", FutureWarning)
+            total = all_reduce(local)                             # summed over ranks
         count = total[-1]
         mean = total[:c] / count
         var = (total[c:2 * c] / count - mean * mean).clamp(min=0)  # biased, as BatchNorm
@@ -260,15 +313,26 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` with its BatchNorm layers computing statistics over the whole global
-    batch (all ranks) instead of each rank's share: PyTorch's SyncBatchNorm on CUDA,
-    GlobalBatchNorm elsewhere. Layers keep their Parameter objects and state-dict keys."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    if isinstance(model, bn_types):
-        new = GlobalBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
-                              model.track_running_stats)
+    """`model` with its trainable BatchNorm layers computing statistics over the whole
+    global batch (all ranks) instead of each rank's share: PyTorch's SyncBatchNorm on
+    CUDA, GlobalBatchNorm elsewhere. Layers keep their Parameter objects and state-dict
+    keys; frozen ones (weights not trained, e.g. fine-tuning's eval-mode BatchNorm) are
+    left as they are, so whoever holds them still does."""
+    # timm's norm + activation layers (BatchNormAct2d) keep their `act` and `drop`
+    norm_act = all(isinstance(model._modules.get(k), nn.Module) for k in ("act", "drop"))
+    plain = type(model) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    trained = getattr(model, "weight", None) is None or model.weight.requires_grad
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and (plain or norm_act) and trained:
+        if device.type != "cuda":
+            new_type = GlobalBatchNorm
+        elif norm_act:
+            from timm.layers.norm_act import SyncBatchNormAct as new_type
+        else:
+            new_type = nn.SyncBatchNorm
+        new = new_type(model.num_features, model.eps, model.momentum, model.affine,
+                       model.track_running_stats)
+        if norm_act:
+            new.act, new.drop = model.act, model.drop
         if model.affine:
             new.weight, new.bias = model.weight, model.bias
         if model.track_running_stats:
