@@ -45,7 +45,7 @@ from .models.backbone import layer_groups
 from .models.heads import HEAD_KINDS, EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
 from .models.pretrained import pretrained_model
 from .progress import progress
-from .train import Callback, TrainState, evaluate, fit, prepare_data
+from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",
            "save_features_run", "transfer", "compare", "FreezeBatchNorm", "advice"]
@@ -308,7 +308,8 @@ def _prepare_out(out: Path | None, overwrite: bool) -> None:
         if not overwrite:
             raise CheckpointError(f"{out} already holds a run; pass --overwrite to replace it or "
                                   f"choose another --out")
-        shutil.rmtree(out)
+        if is_main():  # under torchrun only rank 0 touches the run directory
+            shutil.rmtree(out)
 
 
 def _load_split(dataset, train_cfg: TrainConfig, tcfg: TransferConfig, few_shot: int | None = None
@@ -363,7 +364,7 @@ def _run_features(train: ImageSet, val: ImageSet | None, test: ImageSet | None, 
         log(f"features: {len(train)} embeddings of dimension {tr.shape[1]} in {embed_s:.1f}s "
             f"({embedder.stats.cached} from cache), {tcfg.head} head trained in {head_s:.3f}s"
             + (f" - val_acc: {val_acc:.4f}" if val_acc is not None else ""))
-    if out is not None:
+    if out is not None and is_main():
         meta = {"dataset": _dataset_meta(train, val, test), "transfer": asdict(tcfg),
                 "train": train_cfg.to_dict(),
                 "metrics": [{"epoch": 1, "val_acc": val_acc, "seconds": embed_s + head_s}],
@@ -380,6 +381,7 @@ def _run_trained(train: ImageSet, val: ImageSet | None, test: ImageSet | None, *
                  log) -> TransferResult:
     spec = model_spec(tcfg.backbone)
     k = train.num_classes
+    torch.manual_seed(train_cfg.seed)  # new weights follow the seed (alike in every process)
     if tcfg.strategy == "scratch":
         model = create_model(tcfg.backbone, num_classes=k, in_chans=3)
     else:
@@ -418,7 +420,7 @@ def _run_trained(train: ImageSet, val: ImageSet | None, test: ImageSet | None, *
     if test is not None:
         test_acc = evaluate(model, test, pre, device=device, batch_size=100,
                             channels_last=train_cfg.channels_last).top1
-        if out is not None:
+        if out is not None and is_main():
             from .checkpoint import read_meta
             m = read_meta(out)
             m["test"] = {"top1": test_acc, "n": len(test)}
@@ -538,5 +540,6 @@ def compare(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Transf
     scored = [r for r in results if r.val_acc is not None]
     winner = max(scored, key=lambda r: (r.val_acc, -r.train_seconds)).strategy if scored else ""
     result = CompareResult(results, adv, winner)
-    atomic_write_bytes(out / "compare.json", json.dumps(result.to_dict(), indent=2).encode())
+    if is_main():
+        atomic_write_bytes(out / "compare.json", json.dumps(result.to_dict(), indent=2).encode())
     return result

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..tables import render_table
+from ..train.distributed import torchrun_command
 from .core import add_train_options, train_config_from_args
 
 __all__ = ["register"]
@@ -31,24 +32,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset, list_datasets
     from ..embed import Embedder
+    from ..train import is_main, resolve_device
 
     name = args.dataset
     data = load_dataset(name, args.split, size=None if name in list_datasets() else args.image_size or 224)
     if args.limit:
         data = data.head(args.limit)
-    embedder = Embedder(args.backbone, layer=args.layer, weights=args.weights, device=args.device,
+    embedder = Embedder(args.backbone, layer=args.layer, weights=args.weights,
+                        device=resolve_device(args.device),
                         cache=not args.no_cache, image_size=args.image_size)
     emb = embedder.embed(data.images, batch_size=args.batch_size)
     s = embedder.stats
     out = Path(args.out) if args.out else Path("runs") / (
         f"embeddings-{Path(name).name}-{args.split}-{args.backbone}"
         + (f"-{args.layer}" if args.layer else "") + ".safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({"embeddings": emb, "labels": data.labels}, str(tmp),
-              metadata={"classes": json.dumps(data.classes), "backbone": args.backbone,
-                        "layer": args.layer or "", "cache_key": embedder.key})
-    tmp.replace(out)
+    if is_main():  # under torchrun every rank embedded a share; rank 0 writes the whole
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        save_file({"embeddings": emb, "labels": data.labels}, str(tmp),
+                  metadata={"classes": json.dumps(data.classes), "backbone": args.backbone,
+                            "layer": args.layer or "", "cache_key": embedder.key})
+        tmp.replace(out)
     rate = s.computed / s.seconds if s.computed and s.seconds else float("nan")
     print(f"{s.images:,} images -> embeddings {tuple(emb.shape)} from {args.backbone}"
           f"{' layer ' + args.layer if args.layer else ''}: {s.computed:,} computed"
@@ -164,7 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output .safetensors (default runs/embeddings-DATA-SPLIT-BACKBONE.safetensors)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the embeddings cache")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    p.set_defaults(run=cmd_embed)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (torchrun); each embeds a share (default 1)")
+    p.set_defaults(run=torchrun_command(cmd_embed))
 
     p = sub.add_parser("transfer", help="transfer learning: features, finetune, full, scratch, compare",
                        description="Train a classifier for your classes from a pretrained ImageNet "
@@ -195,7 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/STRATEGY-BACKBONE-DATA; compare: runs/compare-DATA)")
     p.add_argument("--overwrite", action="store_true", help="replace existing runs in --out")
     add_train_options(p)
-    p.set_defaults(run=cmd_transfer, batch_size=32, val_split=0.2)
+    p.set_defaults(run=torchrun_command(cmd_transfer), batch_size=32, val_split=0.2)
 
     p = sub.add_parser("export", help="write a run as ONNX or TorchScript, checked against torch",
                        description="Export a run's model with its classes and preprocessing inside; "
