@@ -113,7 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train import is_main, resolve_device
     if is_main():  # curves, confusion matrix (PNG + JSON counts), most confident mistakes
         from ..report import write_run_plots
-        written = write_run_plots(out, device=resolve_device(args.device))
+        from ..train.distributed import alone
+        with alone():  # the other ranks do not join this evaluation
+            written = write_run_plots(out, device=resolve_device(args.device))
         print(f"plots: {', '.join(p.name for p in written.values())} (convlab report {out} "
               f"puts them in one page)")
     print(f"run saved in {out}")
