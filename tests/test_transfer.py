@@ -102,10 +102,10 @@ def test_advice_follows_the_lecture_table():
 
 
 def test_cli_compare_on_a_folder_writes_runs_predict_uses(tmp_path, capsys):
-    write_folder(tmp_path / "photos", n_per_class=5, classes=("red", "blue"), size=40)
+    write_folder(tmp_path / "photos", n_per_class=4, classes=("red", "blue"), size=40)
     out = tmp_path / "cmp"
     code = main(["transfer", str(tmp_path / "photos"), "--strategy", "compare", "--epochs", "1",
-                 "--image-size", "48", "--out", str(out), "--batch-size", "8"])
+                 "--image-size", "32", "--out", str(out), "--batch-size", "8"])
     text = capsys.readouterr().out
     assert code == 0
     for s in ("features", "finetune", "full", "scratch"):

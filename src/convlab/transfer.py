@@ -94,7 +94,7 @@ class TransferConfig:
 # ------------------------------------------------------------------ heads on embeddings
 
 def _fit_linear(emb: torch.Tensor, labels: torch.Tensor, k: int, *, l2: float = 1e-3,
-                max_iter: int = 200, seed: int = 0) -> LinearHead:
+                max_iter: int = 100, seed: int = 0) -> LinearHead:
     """Softmax regression by L-BFGS on the full batch (a convex problem: one solution)."""
     torch.manual_seed(seed)
     head = LinearHead(emb.shape[1], k)
@@ -115,9 +115,12 @@ def _fit_linear(emb: torch.Tensor, labels: torch.Tensor, k: int, *, l2: float = 
 
 
 def _fit_mlp(emb: torch.Tensor, labels: torch.Tensor, k: int, *, hidden=(256,), dropout: float = 0.2,
-             l2: float = 1e-3, epochs: int = 60, lr: float = 1e-3, batch_size: int = 128,
+             l2: float = 1e-3, epochs: int | None = None, lr: float = 1e-3, batch_size: int = 128,
              seed: int = 0) -> MLPHead:
-    """A small MLP by Adam on mini-batches of embeddings."""
+    """A small MLP by AdamW on mini-batches of embeddings; by default at least 20 epochs
+    and 100 steps (small sets need more passes)."""
+    if epochs is None:
+        epochs = max(20, -(-100 // -(-len(emb) // batch_size)))
     torch.manual_seed(seed)
     if isinstance(hidden, int):
         hidden = (hidden,)
