@@ -9,7 +9,7 @@ few batches), measured on rank 0 between barriers; the two set-ups alternate and
 keeps its best of --rounds. Prints one JSON line; `ratio` is 2-process throughput over
 1-process throughput measured in the same run.
 
-    .venv/bin/python bench/ddp_scaling.py [--images 12000] [--batch-size 100]
+    .venv/bin/python bench/ddp_scaling.py [--images 6000] [--batch-size 100] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def measure(nproc: int, threads: int, images: int, batch_size: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=12000, help="training images per epoch")
+    ap.add_argument("--images", type=int, default=6000, help="training images per epoch")
     ap.add_argument("--batch-size", type=int, default=100, help="global batch size")
     ap.add_argument("--rounds", type=int, default=2, help="measurements of each set-up (best kept)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
