@@ -226,6 +226,15 @@ def test_teach_two_classes_from_webcam_and_uploads_train_preview_export(tmp_path
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "teach-trained.png"), full_page=True)
             export_text = page.inner_text('[data-testid="export-result"]')
+            # a new project from a folder of class folders (the picker's folder name dropped)
+            folder = tmp_path / "picked"
+            write_pngs(folder / "red things", "red", 3)
+            write_pngs(folder / "blue things", "blue", 2)
+            page.click('[data-testid="new-project"]')
+            page.wait_for_selector('[data-testid="class-Class 1"]')
+            page.set_input_files("#import-folder", str(folder))
+            page.wait_for_selector('[data-testid="class-blue things"]')
+            assert count(page, "red things") == 3 and count(page, "blue things") == 2
             browser.close()
     finally:
         stop_server(proc)
