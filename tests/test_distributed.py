@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from conftest import make_imageset
 from convlab.checkpoint import load_run, read_meta
 from convlab.config import TrainConfig
-from convlab.errors import ConfigError, ConvlabError
+from convlab.errors import CheckpointError, ConfigError, ConvlabError
 from convlab.models import default_preprocess
 from convlab.train import Callback, evaluate, prepare_data, train
 from convlab.embed import Embedder, embed_images
@@ -120,6 +120,10 @@ def test_ranks_write_once_count_exactly_and_stop_together(tmp_path, one_thread):
     # every rank was given its own --out: only rank 0 wrote
     assert (tmp_path / "run0" / "meta.json").exists()
     assert not (tmp_path / "run1").exists()
+    # resuming where the ranks see different checkpoints is refused on every rank
+    for r in (0, 1):
+        assert "found different checkpoints" in (tmp_path / f"resume{r}.txt").read_text()
+    assert read_meta(tmp_path / "run0")["state"]["epoch"] == 2
     # validation: every image counted once across ranks (15 images, batches of 4 -> 2/2 .. 2/1)
     data, cfg = _worker_data()
     _, val, _ = prepare_data(data, cfg)
@@ -214,6 +218,11 @@ def _worker(out: Path) -> int:
         r = evaluate(result.model, val, pre, batch_size=4)
         (out / f"rank{rank}.json").write_text(json.dumps(
             {"n": r.n, "loss": r.loss, "top1": r.top1, "confusion": r.confusion.tolist()}))
+        try:  # as on two machines without a shared run directory: rank 1 finds none
+            train(data, "mnist_cnn", cfg.replace(epochs=3), out=out / f"run{rank}", resume=True,
+                  device="cpu", verbose=False)
+        except CheckpointError as exc:
+            (out / f"resume{rank}.txt").write_text(str(exc))
         train(data, "mnist_cnn", cfg.replace(sync_bn=True), out=out / "syncbn", device="cpu",
               verbose=False)
         photos, tcfg, ft_cfg = _transfer_data()

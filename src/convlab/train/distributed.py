@@ -29,7 +29,7 @@ from ..errors import ConfigError, ConvlabError
 
 __all__ = ["world", "alone", "is_main", "all_reduce_sum", "local_rank", "launched_by_torchrun",
            "backend_for", "process_group", "main_first", "barrier", "broadcast_buffers",
-           "broadcast_from_main", "gather_shares",
+           "broadcast_from_main", "gather_shares", "same_everywhere",
            "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "GlobalBatchNorm", "torchrun_command",
            "DistributedError"]
 
@@ -156,6 +156,15 @@ def broadcast_buffers(model: nn.Module) -> None:
     if world()[1] > 1:
         for buf in model.buffers():
             dist.broadcast(buf, src=0)
+
+
+def same_everywhere(value: int) -> tuple[int, int]:
+    """(smallest, largest) of an integer over the ranks; equal when all ranks agree."""
+    if world()[1] == 1:
+        return value, value
+    t = torch.tensor([-value, value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return -int(t[0]), int(t[1])
 
 
 def broadcast_from_main(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

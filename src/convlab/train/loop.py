@@ -22,7 +22,7 @@ from ..data import Batches, ImageSet, Preprocess
 from ..errors import CheckpointError, ConvlabError, TrainingError
 from ..progress import progress
 from .distributed import (all_reduce_sum, broadcast_buffers, main_first, peer_lost,
-                          sync_batchnorm, world)
+                          same_everywhere, sync_batchnorm, world)
 from .metrics import evaluate
 from .optim import make_loss, make_optimizer
 
@@ -149,9 +149,15 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
         augment = make_augment(config.augment, preprocess.size)
     state = TrainState(model, optimizer, config)
     start_epoch = 0
-    if resume and run_dir is not None and (run_dir / "meta.json").exists():
+    if resume and run_dir is not None:
         with main_first():  # rank 0 finishes an interrupted save before the others read
-            start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
+            if (run_dir / "meta.json").exists():
+                start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
+    lo, hi = same_everywhere(start_epoch) if resume else (start_epoch, start_epoch)
+    if lo != hi:
+        raise CheckpointError(f"--resume: the processes found different checkpoints in {run_dir} "
+                              f"(epochs {lo} to {hi}); on several machines the run directory "
+                              f"must be on a file system they all share")
     net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
            if size > 1 else model)
     batches = Batches(train, config.batch_size, preprocess, shuffle=True, seed=config.seed,

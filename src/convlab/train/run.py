@@ -115,9 +115,10 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
             shutil.rmtree(out)
     train_set, val_set, test_set = prepare_data(dataset, config, channels=channels,
                                                 size=image_size, strict=strict)
-    if resume and out is not None and (out / META_FILE).exists():
+    if resume and out is not None:
         with main_first():  # reading may finish an interrupted save: rank 0 alone does that
-            _check_resume(out, model, train_set.name)
+            if (out / META_FILE).exists():
+                _check_resume(out, model, train_set.name)
     torch.manual_seed(config.seed)  # the initial weights follow the seed (same in every process)
     net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
                                              model_kwargs=model_kwargs)
