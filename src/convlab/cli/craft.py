@@ -67,6 +67,11 @@ def cmd_overfit(args: argparse.Namespace) -> int:
     return 0 if result.reached else 1
 
 
+def _some(names: list[str], k: int = 6) -> str:
+    """'a, b, c' or 'a, b, c and 12 more'."""
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
 def _format_index(index: list[int]) -> str:
     return "[" + ",".join(map(str, index)) + "]"
 
@@ -85,6 +90,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     model = create_model(args.model, num_classes=args.classes, in_chans=channels,
                          **({"input_size": size} if spec.flexible_size else {}))
     x = torch.randn(args.batch, channels, size, size, generator=torch.Generator().manual_seed(args.seed))
+    if args.eval:
+        model.eval()
     tensors = sum(1 for p in model.parameters() if p.requires_grad) + 1
     samples = None if args.all else args.samples or min(64, max(4, 2048 // tensors))
     result = gradcheck(model, x, eps=args.eps, threshold=args.threshold, samples=samples,
@@ -92,8 +99,9 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0 if result.passed else 1
-    print(f"gradcheck {args.model}: input {tuple(x.shape)} in float64, centred differences "
-          f"with eps {args.eps:g}, {'every entry' if samples is None else f'up to {samples} entries per tensor'}")
+    print(f"gradcheck {args.model} ({'eval' if args.eval else 'training'} mode): input "
+          f"{tuple(x.shape)} in float64, centred differences with eps {args.eps:g}, "
+          f"{'every entry' if samples is None else f'up to {samples} entries per tensor'}")
     rows = [[t.name, "x".join(map(str, t.shape)) or "scalar", t.checked, t.kinks,
              "zero gradient" if t.zero else f"{t.rel_error:.2e}", f"{t.max_abs_error:.1e}",
              "ok" if t.passed else "FAIL"] for t in result.tensors]
@@ -107,19 +115,25 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
                          f"{w['numeric']:.9g}", f"{w['rel_error']:.2e}", "yes" if w["kink"] else ""]
                         for t, w in worst], right=[False, False, True, True, True, False]))
     if result.kink_layers:
-        print(f"\nnote: {', '.join(result.kink_layers)} have kinks; "
+        print(f"\nnote: {_some(result.kink_layers)} have kinks; "
               f"{result.kinks} checked entries moved an input across one and were left out, "
               f"since a finite difference across a kink is meaningless there")
     zero = [t.name for t in result.tensors if t.zero]
     if zero:
-        print(f"note: zero gradient (only rounding noise to compare) for {', '.join(zero)}; "
-              f"a bias right before BatchNorm is cancelled by it")
+        print(f"note: zero gradient (only rounding noise to compare) for {_some(zero)} "
+              f"(a bias right before BatchNorm is cancelled by it; a unit can be dead)")
     verdict = "PASSED" if result.passed else "FAILED"
     print(f"\n{verdict}: largest relative error {result.max_rel_error:.2e} "
           f"(threshold {result.threshold:g})")
     if not result.passed:
         print("a failed check means some backward pass (a custom autograd Function, a "
               "hand-written layer) computes the wrong gradient for the tensors marked FAIL")
+        if not args.eval and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                 for m in model.modules()):
+            print("but here BatchNorm in training mode normalises over few values per channel "
+                  "(batch x height x width of its input), which makes the loss too curved for "
+                  "a finite difference of this step: rerun with --eval, or a larger --batch or "
+                  "--input-size, to tell the two apart")
     return 0 if result.passed else 1
 
 
@@ -194,6 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=1e-6,
                    help="largest relative error that passes (default 1e-6)")
     p.add_argument("--worst", type=int, default=5, help="worst entries to list (default 5)")
+    p.add_argument("--eval", action="store_true",
+                   help="check in eval mode (BatchNorm uses running statistics, no dropout)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights, input and samples")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(run=cmd_gradcheck)
