@@ -54,6 +54,14 @@ def test_lr_find_says_the_start_lr_is_too_high_when_it_diverges_at_once(digits):
                 end_lr=1e4, steps=30, verbose=False)
 
 
+def test_lr_find_says_when_the_range_ends_too_low(digits):
+    torch.manual_seed(0)
+    model, pre, _ = model_for_data("mnist_linear", digits)
+    with pytest.raises(TrainingError, match=r"hardly fell.*raise --end-lr"):
+        lr_find(model, digits, pre, config=TrainConfig(optimizer="sgd"), start_lr=1e-9,
+                end_lr=1e-7, steps=20, verbose=False)
+
+
 def test_lr_find_refuses_an_empty_range(digits):
     from convlab import ConfigError
     model, pre, _ = model_for_data("mnist_linear", digits)

@@ -58,7 +58,8 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
     model's weights and mode are restored before returning.
 
     Raises TrainingError when the loss diverges at once (it never fell below its first
-    value): the start learning rate is then too high for this model and data.
+    value): the start learning rate is then too high for this model and data; and when
+    it neither fell nor diverged: the range ends too low.
     """
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr-find needs 0 < start lr < end lr; got {start_lr:g} and {end_lr:g}")
@@ -139,6 +140,11 @@ def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], start
             f"never falling below its first value {losses[0]:.4g}); the start learning rate "
             f"{start_lr:g} is too high for this model and data; try --start-lr "
             f"{start_lr / 1000:g}")
+    if diverged_lr is None and finite[i_min] > 0.97 * finite[0]:
+        raise TrainingError(
+            f"lr-find: the loss hardly fell between lr {start_lr:g} and {lrs[-1]:.3g} "
+            f"({finite[0]:.4g} -> at best {finite[i_min]:.4g}); the range ends too low "
+            f"(raise --end-lr) or the model cannot learn from these images (try convlab overfit)")
     # skip the first steps: the moving average has not settled there
     lo = min(max(2, i_min // 10), max(i_min - 1, 0))
     if i_min - lo >= 2:
