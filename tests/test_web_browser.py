@@ -216,6 +216,7 @@ def test_teach_two_classes_from_webcam_and_uploads_train_preview_export(tmp_path
             preview_until(page, "blue")
             page.wait_for_function("/predictions\\/s/.test(document.querySelector("
                                    "'[data-testid=rate]').textContent)", timeout=10_000)
+            page.wait_for_timeout(2500)  # the rate is over the last 2 s: let it settle
             rate = float(page.inner_text('[data-testid="rate"]').split()[0])
             page.click('[data-testid="preview-toggle"]')         # stop the live preview
             page.set_input_files("#preview-file", str(red_file))  # classify a dropped file
