@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from teach_latency import (make_project, percentiles, photo_jpeg, start_server,  # noqa: E402

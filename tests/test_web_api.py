@@ -3,7 +3,6 @@ training, preview and export (real backbone, real files)."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import sqlite3
 import time
