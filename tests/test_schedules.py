@@ -87,6 +87,10 @@ def test_recipe_and_flags_on_the_command_line():
     c = train_config_from_args(a)
     assert c.epochs == 3 and c.schedule == "one-cycle" and c.label_smoothing == 0.1
     assert c.augment.crop == 2 and c.augment.hflip == 0.0
+    # an option typed at its default value still overrides the recipe's
+    c = train_config_from_args(p.parse_args(["train", "x", "--recipe", "fmnist-94",
+                                             "--weight-decay", "0", "--optimizer", "adam"]))
+    assert (c.weight_decay, c.optimizer, c.batch_size) == (0.0, "adam", 256)
     a = p.parse_args(["train", "x", "--model", "mnist_cnn", "--schedule", "step", "--epochs", "4",
                       "--step-every", "2", "--warmup", "0.5", "--rotate", "10"])
     c = train_config_from_args(a)

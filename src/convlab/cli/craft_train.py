@@ -64,8 +64,35 @@ def add_augment_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=text + " (default off)")
 
 
+class _DefaultFloat(float):
+    """A default value that was not typed: a recipe's value wins over it."""
+
+
+class _DefaultInt(int):
+    """A default value that was not typed: a recipe's value wins over it."""
+
+
+class _DefaultStr(str):
+    """A default value that was not typed: a recipe's value wins over it."""
+
+
+_MARKS = {float: _DefaultFloat, int: _DefaultInt, str: _DefaultStr}
+
+
+def _plain(v):
+    return str(v) if isinstance(v, str) else int(v) if isinstance(v, _DefaultInt) else \
+        float(v) if isinstance(v, _DefaultFloat) else v
+
+
 def add_craft_options(p: argparse.ArgumentParser) -> None:
-    """Schedule, regularisation, initialisation and normalisation flags, plus augmentation."""
+    """Schedule, regularisation, initialisation and normalisation flags, plus augmentation.
+
+    The training options already on `p` keep their defaults, marked, so that a --recipe
+    knows which ones were typed (`--weight-decay 0` overrides a recipe's weight decay).
+    """
+    for action in p._actions:
+        if type(action.default) in _MARKS:
+            action.default = _MARKS[type(action.default)](action.default)
     d = TrainConfig()
     g = p.add_argument_group("schedule, regularisation, initialisation")
     for flag, dest, typ, text in _CRAFT_FLAGS:
@@ -91,9 +118,9 @@ def craft_config(args: argparse.Namespace, core: dict, overrides: dict) -> Train
 
     name = getattr(args, "recipe", None)
     base = recipe(name).config if name else TrainConfig()
-    default = TrainConfig()
     values = base.to_dict()
-    values.update({k: v for k, v in core.items() if not name or v != getattr(default, k)})
+    values.update({k: _plain(v) for k, v in core.items()
+                   if not name or not isinstance(v, tuple(_MARKS.values()))})
     values.update({dest: getattr(args, dest) for _, dest, _, _ in _CRAFT_FLAGS
                    if getattr(args, dest, None) is not None})
     values["augment"] = augment_config_from_args(args, base.augment)
