@@ -71,8 +71,8 @@ class Preprocess:
         if self.image_size is not None:
             x = resize_images(x, self.image_size, self.interpolation)
         h, w = self.size
-        if tuple(x.shape[-2:]) == (h, w):
-            return x
+        if tuple(x.shape[-2:]) == (h, w) and self.resize != "shorter_crop":
+            return x  # the published centre crop applies to every size, this one included
         if self.resize == "resize":
             return resize_images(x, (h, w), self.interpolation)
         if self.resize == "pad":
