@@ -90,15 +90,6 @@ def test_nproc2_command_matches_one_process_and_resumes_in_one(tmp_path):
     _assert_same_weights(one2, two)
 
 
-@pytest.fixture
-def one_thread():
-    """The references below are small: on a busy 2-core machine threads only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ranks_write_once_count_exactly_and_stop_together(tmp_path, one_thread):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -27,15 +27,6 @@ def _small_size(name: str) -> int:
     return max(spec.min_input_size, 32)
 
 
-@pytest.fixture
-def one_thread():
-    """Small models on a shared 2-core machine run fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_every_issue_model_is_registered():
     assert set(ISSUE_ZOO) <= set(list_models("zoo"))
 
