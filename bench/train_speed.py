@@ -71,7 +71,7 @@ def convlab_fit(epochs: int, seed: int) -> tuple[float, float, float]:
     torch.manual_seed(seed)
     model = create_model("mnist_cnn", 10, 1)
     cfg = TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, optimizer="momentum",
-                      momentum=MOMENTUM, val_split=0.0, seed=seed)
+                      schedule="constant", momentum=MOMENTUM, val_split=0.0, seed=seed)
     t0, c0 = time.perf_counter(), time.process_time()
     fit(model, train, None, config=cfg, preprocess=pre, verbose=False)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

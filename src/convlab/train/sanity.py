@@ -94,7 +94,8 @@ def overfit(model: nn.Module, data: ImageSet, preprocess: Preprocess, *, n: int 
     subset = overfit_subset(data, n)
     _no_dropout(model)
     config = TrainConfig(epochs=max_epochs, batch_size=len(subset), lr=lr, optimizer="sgd",
-                         weight_decay=0.0, val_split=0.0, seed=seed, channels_last=False)
+                         schedule="constant", weight_decay=0.0, val_split=0.0, seed=seed,
+                         channels_last=False)
     accuracies: list[float] = []
     losses: list[float] = []
     blew_up = ""
