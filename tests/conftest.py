@@ -32,7 +32,7 @@ def make_imageset(n_per_class: int = 20, classes: int = 3, channels: int = 1, si
 @pytest.fixture
 def one_thread():
     """Small models run fastest on one thread; on a busy 2-core machine more threads only wait."""
-    from convlab.train.sanity import one_thread as single_thread
+    from convlab._runtime import one_thread as single_thread
 
     with single_thread():
         yield

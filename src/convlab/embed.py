@@ -28,6 +28,7 @@ from torch import nn
 from .data import ImageSet, Preprocess
 from .data.sources import cache_root
 from .errors import ConfigError, DatasetError
+from .files import atomic_path
 from .models import default_preprocess, model_spec
 from .models.backbone import FeatureExtractor
 from .models.pretrained import pretrained_model, weights_id
@@ -85,15 +86,11 @@ class _Cache:
         return rows
 
     def write(self, keys: np.ndarray, emb: torch.Tensor) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(keys.tobytes()).hexdigest()[:24] + ".safetensors"
         path = self.folder / name
-        tmp = self.folder / f".{name}.tmp{os.getpid()}"
-        save_file({"keys": torch.from_numpy(np.ascontiguousarray(keys)),
-                   "emb": emb.float().contiguous()}, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"keys": torch.from_numpy(np.ascontiguousarray(keys)),
+                       "emb": emb.float().contiguous()}, str(tmp))
         return path
 
     def compact(self) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 from .checkpoint import Run, load_run, read_meta
 from .data import Preprocess
 from .errors import CheckpointError, ConfigError, ModelError
+from .files import atomic_path
 
 __all__ = ["FORMATS", "EXPORT_FILES", "ExportResult", "export_run", "OnnxModel", "PARITY_TOLERANCE"]
 
@@ -52,10 +53,6 @@ def _check_input(run: Run, batch: int = 4, seed: int = 0) -> torch.Tensor:
     return pre(images)
 
 
-def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def _parity(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, float, bool]:
     """(max abs difference of probabilities, of logits, same top-1)."""
     prob_diff = float((reference.softmax(1) - got.softmax(1)).abs().max())
@@ -76,9 +73,8 @@ def export_run(run: Run | str | os.PathLike, fmt: str = "onnx", *, out: str | os
     x = _check_input(run)
     with torch.inference_mode():
         reference = model(x).float()
-    tmp = _atomic_target(path)
     meta = _export_meta(run)
-    try:
+    with atomic_path(path) as tmp:  # written only when parity holds
         if fmt == "onnx":
             got = _export_onnx(model, x, tmp, meta, opset)
         else:
@@ -89,11 +85,6 @@ def export_run(run: Run | str | os.PathLike, fmt: str = "onnx", *, out: str | os
                              f"probability difference {diff:.2e} (limit {PARITY_TOLERANCE:g}), "
                              f"logits {logit_diff:.2e}, same top-1: "
                              f"{same}; nothing written")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path, fmt, diff, same, path.stat().st_size, logit_diff)
 
 

@@ -23,7 +23,7 @@ import torch
 from .checkpoint import META_FILE, Run, load_run
 from .config import TrainConfig
 from .data import ImageSet, dataset_spec, list_datasets, load_dataset
-from .data.sources import atomic_write_bytes
+from .files import atomic_write_bytes
 from .errors import ConvlabError
 
 __all__ = ["evaluation_data", "write_run_plots", "write_report", "PLOT_FILES", "REPORT_FILE"]

@@ -37,14 +37,14 @@ from torch import nn
 from .checkpoint import META_FILE, library_versions, save_run
 from .config import TrainConfig
 from .data import ImageSet, Preprocess, dataset_spec, list_datasets, load_dataset
-from .data.sources import atomic_write_bytes
+from ._runtime import one_thread
+from .files import atomic_write_bytes
 from .embed import Embedder, backbone_preprocess
 from .errors import CheckpointError, ConfigError, DatasetError
 from .models import create_model, model_spec
 from .models.backbone import layer_groups
 from .models.heads import HEAD_KINDS, EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
 from .models.pretrained import pretrained_model
-from .progress import progress
 from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",
@@ -204,14 +204,11 @@ def fit_head(kind: str, train_emb: torch.Tensor, train_labels: torch.Tensor, *,
         raise DatasetError(f"labels must lie in 0..{k - 1}; found {int(labels.min())}..{int(labels.max())}")
     if len(torch.unique(labels)) < 2 and kind in ("svm",):
         raise DatasetError("an SVM needs images of at least 2 classes")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: threads only add synchronisation (10x slower here)
     try:
-        head = _FITTERS[kind](emb, labels, k, seed=seed, **options)
+        with one_thread():  # small matrices: threads only add synchronisation (10x slower here)
+            head = _FITTERS[kind](emb, labels, k, seed=seed, **options)
     except TypeError as exc:
         raise ConfigError(f"head '{kind}': bad options {sorted(options)} ({exc})") from None
-    finally:
-        torch.set_num_threads(threads)
     return head.eval()
 
 

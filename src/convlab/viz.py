@@ -12,17 +12,19 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .files import atomic_path  # noqa: E402
+
 __all__ = ["image_grid", "save_figure", "plt"]
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save atomically (temp file + rename) and close the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

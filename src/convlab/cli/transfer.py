@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
 from ..tables import render_table
 from ..train.distributed import torchrun_command
 from .core import add_train_options, train_config_from_args

@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import DatasetError
+from ..files import atomic_path, atomic_write_bytes
 from .imageset import ImageSet
 from .images import IMAGE_SUFFIXES, decode_image, resize_images
 
-__all__ = ["read_idx", "read_cifar_batch", "load_folder", "cache_root", "atomic_write_bytes"]
+__all__ = ["read_idx", "read_cifar_batch", "load_folder", "cache_root"]
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -28,17 +29,6 @@ def cache_root() -> Path:
     """~/.cache/convlab (or $XDG_CACHE_HOME/convlab)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "convlab"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -193,10 +183,8 @@ def load_folder(root: str | os.PathLike, *, channels: int = 3, size: int | tuple
     x = torch.stack(images)
     y = torch.tensor(kept, dtype=torch.int64)
     if cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}")
-        save_file({"images": x.contiguous(), "labels": y}, str(tmp))
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            save_file({"images": x.contiguous(), "labels": y}, str(tmp))
         atomic_write_bytes(cache_file.with_suffix(".json"),
                            json.dumps({"classes": classes, "skipped": skipped}).encode())
     return ImageSet(x, y, classes, str(root), {"source": "folder", "root": str(root)})

@@ -10,7 +10,6 @@ backward a user wrote) against centred finite differences
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._runtime import one_thread
 from ..config import TrainConfig
 from ..data import ImageSet, Preprocess
 from ..errors import ConfigError, ModelError, TrainingError
@@ -29,19 +29,6 @@ from .metrics import evaluate
 
 __all__ = ["OverfitResult", "overfit", "overfit_subset", "GradcheckResult", "TensorCheck",
            "gradcheck", "KINK_RULES"]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run tiny tensors on one thread: thread hand-offs cost more than they save there
-    (a forward pass of a small model in float64 measured 0.75 ms on one thread and
-    52 ms on two, on this 2-core machine under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- overfit

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data import Preprocess, decode_image
-from ..data.sources import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ..errors import ConvlabError, DatasetError
 
 __all__ = ["Store", "Limits", "NotFound", "Conflict", "TooLarge", "UnsupportedImage",
