@@ -171,3 +171,44 @@ def test_predictor_reads_preprocessing_from_the_run(tmp_path):
     Image.fromarray(img).resize((56, 56)).convert("RGBA").save(tmp_path / "x.png")
     pred = convlab.Predictor(tmp_path / "run").predict_files([tmp_path / "x.png"], top=2)[0]
     assert pred.labels[0] == "class1" and len(pred.probs) == 2 and 0 <= pred.probs[1] <= pred.probs[0] <= 1
+
+
+def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
+    """The pooling-gradient layout hook changes speed only: the same gradients as plain
+    NCHW, and no hook left on the model afterwards."""
+    from convlab.train.loop import channels_last_training
+
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    plain = create_model("mnist_cnn", 10, 1).double()
+    fast = create_model("mnist_cnn", 10, 1).double()
+    fast.load_state_dict(plain.state_dict())
+    nn.functional.cross_entropy(plain(x.double()), y).backward()
+    with channels_last_training(fast) as on:
+        assert on and fast.network1[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert fast.network1[3]._backward_pre_hooks  # the max pool's gradient goes channels_last
+        nn.functional.cross_entropy(fast(x.double().contiguous(memory_format=torch.channels_last)), y).backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    assert not any(m._backward_pre_hooks for m in fast.modules())
+    with channels_last_training(create_model("mnist_linear", 10, 1)) as on:
+        assert not on  # no convolutions: nothing to gain
+
+
+def test_precision_choice_and_bf16_training(tmp_path):
+    from convlab.train.loop import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert not autocast_dtype("auto", cpu) and not autocast_dtype("fp32", cpu)
+    with pytest.raises(convlab.errors.ConfigError, match="unknown precision 'fp16'; valid: auto, fp32, bf16"):
+        TrainConfig(precision="fp16")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with pytest.raises(convlab.errors.ConfigError, match="native bfloat16"):
+            autocast_dtype("bf16", cpu)
+        pytest.skip("this CPU has no native bfloat16")
+    assert autocast_dtype("bf16", cpu)
+    train, val, pre, config, meta = _setup(tmp_path, epochs=3, precision="bf16")
+    model = create_model("mnist_cnn", 3, 1)
+    result = fit(model, train, val, config=config, preprocess=pre, verbose=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert result.history[-1].acc > result.history[0].acc and result.history[-1].val_acc == 1.0

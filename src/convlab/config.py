@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .errors import ConfigError
 
 __all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "LOSSES", "SCHEDULES", "INITS",
-           "NORMALIZE", "MONITORS"]
+           "NORMALIZE", "MONITORS", "PRECISIONS"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LOSSES = ("cross-entropy", "mse", "hinge")
@@ -14,6 +14,7 @@ SCHEDULES = ("constant", "step", "exponential", "inverse-time", "sqrt", "exp", "
 INITS = ("default", "gaussian", "xavier", "kaiming")
 NORMALIZE = ("model", "channel", "image")
 MONITORS = ("val_loss", "val_acc")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class TrainConfig:
     seed: int = 0                   # weights, split and batch order
     channels_last: bool = True      # NHWC memory layout for 4-D conv activations
     sync_bn: bool = False           # BatchNorm statistics over the global batch across ranks
+    precision: str = "auto"         # fp32 | bf16 (autocast) | auto: bf16 on CUDA, fp32 on CPU
     # schedule: lr x lr_factor(t) before every step (train/schedules.py)
     schedule: str = "one-cycle"     # constant | step | exponential | inverse-time | sqrt | exp | cosine | one-cycle
     warmup: float = 0.0             # epochs of linear warm-up from 0 (any schedule)
@@ -116,6 +118,8 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be >= 0; got {self.weight_decay}")
         if not 0.0 <= self.val_split < 1.0:
             raise ConfigError(f"validation split must be in [0, 1); got {self.val_split}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{self.precision}'; valid: {', '.join(PRECISIONS)}")
         self._validate_craft()
 
     def _validate_craft(self) -> None:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ..config import LOSSES, OPTIMIZERS, TrainConfig
+from ..config import LOSSES, OPTIMIZERS, PRECISIONS, TrainConfig
 from ..errors import CheckpointError, DatasetError
 from ..tables import render_table
 from ..train.distributed import torchrun_command
@@ -34,6 +34,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     g.add_argument("--no-channels-last", action="store_true",
                    help="keep NCHW memory layout (channels_last is faster for convnets on CPU)")
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32, or bf16: bfloat16 autocast, 1.3-1.5x faster for convnets on a CPU "
+                        "with AVX512-BF16 or AMX (auto: bf16 on CUDA, fp32 on CPU; default auto)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine, started through torchrun; each trains on "
@@ -51,7 +54,7 @@ def train_config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, momentum=args.momentum,
         weight_decay=args.weight_decay, loss=args.loss, val_split=args.val_split,
-        seed=args.seed, channels_last=not args.no_channels_last,
+        seed=args.seed, channels_last=not args.no_channels_last, precision=args.precision,
         sync_bn=getattr(args, "sync_bn", False)), overrides)
 
 

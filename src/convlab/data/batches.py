@@ -8,13 +8,18 @@ import torch
 from .imageset import ImageSet
 from .preprocess import Preprocess
 
-__all__ = ["Batches", "epoch_permutation"]
+__all__ = ["Batches", "epoch_permutation", "epoch_seed"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of epoch `epoch`'s shuffle (a DataLoader given a generator
+    seeded with it, shuffle=True, draws the same order as epoch_permutation)."""
+    return seed * 1_000_003 + epoch
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of epoch `epoch`: the same on every rank and on resume."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
 class Batches:

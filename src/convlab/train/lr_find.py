@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..errors import ConfigError, TrainingError
 from ..progress import progress
-from .loop import uses_channels_last
+from .loop import channels_last_training
 from .optim import make_loss, make_optimizer
 
 __all__ = ["LRFindResult", "lr_find"]
@@ -72,59 +72,57 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
     device = torch.device(device)
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
-    channels_last = config.channels_last and uses_channels_last(model)
     model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    torch.manual_seed(config.seed)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad],
-                               config.replace(lr=start_lr))
-    loss_fn = make_loss(config)
-    batches = Batches(data, min(config.batch_size, len(data)), preprocess, shuffle=True,
-                      seed=config.seed, device=device, augment=augment,
-                      channels_last=channels_last, drop_last=len(data) >= config.batch_size)
-    ratio = (end_lr / start_lr) ** (1 / (steps - 1))
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    avg, best, diverged_lr = 0.0, math.inf, None
-    bar = progress(steps, "lr-find", "batch", enabled=verbose)
-    model.train()
-    try:
-        epoch = 0
-        while len(lrs) < steps and diverged_lr is None:
-            epoch += 1
-            batches.set_epoch(epoch)
-            for x, y in batches:
-                lr = start_lr * ratio ** len(lrs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = loss_fn(model(x), y)
-                value = float(loss.detach())
-                lrs.append(lr)
-                losses.append(value)
-                if not math.isfinite(value):
-                    smoothed.append(math.inf)
-                    diverged_lr = lr
-                    break
-                avg = beta * avg + (1 - beta) * value
-                smooth = avg / (1 - beta ** len(lrs))  # bias correction for the first steps
-                smoothed.append(smooth)
-                best = min(best, smooth)
-                # blown up: far above its best, or back above the start after falling
-                if smooth > diverge * best or (best < 0.9 * smoothed[0] and smooth > smoothed[0]):
-                    diverged_lr = lr
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.update(1)
-                if len(lrs) >= steps:
-                    break
-    finally:
-        bar.close()
-        model.load_state_dict(saved)
-        model.train(was_training)
+    with channels_last_training(model, config.channels_last) as channels_last:
+        torch.manual_seed(config.seed)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad],
+                                   config.replace(lr=start_lr))
+        loss_fn = make_loss(config)
+        batches = Batches(data, min(config.batch_size, len(data)), preprocess, shuffle=True,
+                          seed=config.seed, device=device, augment=augment,
+                          channels_last=channels_last, drop_last=len(data) >= config.batch_size)
+        ratio = (end_lr / start_lr) ** (1 / (steps - 1))
+        lrs: list[float] = []
+        losses: list[float] = []
+        smoothed: list[float] = []
+        avg, best, diverged_lr = 0.0, math.inf, None
+        bar = progress(steps, "lr-find", "batch", enabled=verbose)
+        model.train()
+        try:
+            epoch = 0
+            while len(lrs) < steps and diverged_lr is None:
+                epoch += 1
+                batches.set_epoch(epoch)
+                for x, y in batches:
+                    lr = start_lr * ratio ** len(lrs)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    loss = loss_fn(model(x), y)
+                    value = float(loss.detach())
+                    lrs.append(lr)
+                    losses.append(value)
+                    if not math.isfinite(value):
+                        smoothed.append(math.inf)
+                        diverged_lr = lr
+                        break
+                    avg = beta * avg + (1 - beta) * value
+                    smooth = avg / (1 - beta ** len(lrs))  # bias correction for the first steps
+                    smoothed.append(smooth)
+                    best = min(best, smooth)
+                    # blown up: far above its best, or back above the start after falling
+                    if smooth > diverge * best or (best < 0.9 * smoothed[0] and smooth > smoothed[0]):
+                        diverged_lr = lr
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    bar.update(1)
+                    if len(lrs) >= steps:
+                        break
+        finally:
+            bar.close()
+            model.load_state_dict(saved)
+            model.train(was_training)
     return _suggest(lrs, losses, smoothed, start_lr, end_lr, diverged_lr)
 
 
