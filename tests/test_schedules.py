@@ -96,3 +96,13 @@ def test_recipe_and_flags_on_the_command_line():
     c = train_config_from_args(a)
     assert (c.schedule, c.step_every, c.warmup, c.augment.rotate) == ("step", 2, 0.5, 10.0)
     assert TrainConfig.from_dict(c.to_dict()) == c  # meta.json round trip, nested augment
+
+
+def test_fmnist_recipe_uses_bf16_only_where_the_cpu_has_it():
+    import torch
+
+    from convlab.recipes import recipe
+
+    cfg = recipe("fmnist-94").config
+    assert cfg.precision == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
+    assert cfg.epochs == 16 and cfg.augment.erase == 0.25 and cfg.label_smoothing == 0.1

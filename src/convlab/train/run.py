@@ -130,7 +130,8 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
                         "val": len(val_set) if val_set is not None else 0,
                         "test": len(test_set) if test_set is not None else 0}}
     if verbose and is_main():
-        log(f"{train_set.describe()} -> train {len(train_set)}, val "
+        c, h, w = train_set.shape
+        log(f"{train_set.name}: {c}x{h}x{w}, {train_set.num_classes} classes -> train {len(train_set)}, val "
             f"{len(val_set) if val_set is not None else 0}"
             + (f", test {len(test_set)}" if test_set is not None else ""))
     result = fit(net, train_set, val_set, config=config, preprocess=preprocess, run_dir=out,
