@@ -196,17 +196,18 @@ def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
 
 
 def test_precision_choice_and_bf16_training(tmp_path):
-    from convlab.train.loop import autocast_dtype
+    from convlab._runtime import cpu_has_bf16
+    from convlab.train.loop import uses_bf16
 
     cpu = torch.device("cpu")
-    assert not autocast_dtype("auto", cpu) and not autocast_dtype("fp32", cpu)
+    assert not uses_bf16("auto", cpu) and not uses_bf16("fp32", cpu)
     with pytest.raises(convlab.errors.ConfigError, match="unknown precision 'fp16'; valid: auto, fp32, bf16"):
         TrainConfig(precision="fp16")
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not cpu_has_bf16():
         with pytest.raises(convlab.errors.ConfigError, match="native bfloat16"):
-            autocast_dtype("bf16", cpu)
+            uses_bf16("bf16", cpu)
         pytest.skip("this CPU has no native bfloat16")
-    assert autocast_dtype("bf16", cpu)
+    assert uses_bf16("bf16", cpu)
     train, val, pre, config, meta = _setup(tmp_path, epochs=3, precision="bf16")
     model = create_model("mnist_cnn", 3, 1)
     result = fit(model, train, val, config=config, preprocess=pre, verbose=False)

@@ -34,6 +34,14 @@ def tune_malloc(enable: bool = True) -> bool:
     return ok
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so that bf16
+    autocast is faster than float32 rather than emulated and slower."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @contextlib.contextmanager
 def one_thread():
     """Run tiny tensors on one thread: thread hand-offs cost more than they save there

@@ -12,8 +12,8 @@ __all__ = ["Batches", "epoch_permutation", "epoch_seed"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The generator seed of epoch `epoch`'s shuffle (a DataLoader given a generator
-    seeded with it, shuffle=True, draws the same order as epoch_permutation)."""
+    """The generator seed of epoch `epoch`'s shuffle (torch's RandomSampler given a
+    generator seeded with it draws the same order as epoch_permutation)."""
     return seed * 1_000_003 + epoch
 
 

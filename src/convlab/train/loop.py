@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._runtime import cpu_has_bf16
 from ..checkpoint import MODEL_FILE, library_versions, load_train_state, read_meta, save_run
 from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
@@ -108,11 +109,9 @@ def uses_channels_last(model: nn.Module) -> bool:
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _grad_as(memory_format: torch.memory_format) -> Callable:
-    def hook(module: nn.Module, grad_output: tuple) -> tuple:
-        return tuple(g.contiguous(memory_format=memory_format)
-                     if g is not None and g.dim() == 4 else g for g in grad_output)
-    return hook
+def _grad_channels_last(module: nn.Module, grad_output: tuple) -> tuple:
+    return tuple(g.contiguous(memory_format=torch.channels_last)
+                 if g is not None and g.dim() == 4 else g for g in grad_output)
 
 
 @contextlib.contextmanager
@@ -131,7 +130,7 @@ def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[b
     handles = []
     if on:
         model.to(memory_format=torch.channels_last)
-        handles = [m.register_full_backward_pre_hook(_grad_as(torch.channels_last))
+        handles = [m.register_full_backward_pre_hook(_grad_channels_last)
                    for m in model.modules() if isinstance(m, _POOLS)]
     try:
         yield on
@@ -140,7 +139,7 @@ def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[b
             h.remove()
 
 
-def autocast_dtype(precision: str, device: torch.device) -> bool:
+def uses_bf16(precision: str, device: torch.device) -> bool:
     """Whether training runs its forward pass under bfloat16 autocast.
 
     'auto' means bf16 on a CUDA device that supports it and float32 on the CPU; 'bf16'
@@ -157,7 +156,7 @@ def autocast_dtype(precision: str, device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if precision == "auto":
         return False
-    if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type != "cpu" or not cpu_has_bf16():
         raise ConfigError(f"--precision bf16 needs a CUDA GPU or a CPU with native bfloat16 "
                           f"(AVX512-BF16 or AMX); this {device.type} has neither, and emulated "
                           f"bf16 is slower than float32: use --precision fp32 or auto")
@@ -202,7 +201,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     main = rank == 0
     if size > 1 and getattr(config, "sync_bn", False):
         model = sync_batchnorm(model, device)  # same Parameter objects, synchronised statistics
-    amp = autocast_dtype(config.precision, device)
+    amp = uses_bf16(config.precision, device)
     optimizer = make_optimizer(param_groups if param_groups is not None else
                                [p for p in model.parameters() if p.requires_grad], config)
     loss_fn = make_loss(config)
