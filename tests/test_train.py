@@ -186,11 +186,11 @@ def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
     nn.functional.cross_entropy(plain(x.double()), y).backward()
     with channels_last_training(fast) as on:
         assert on and fast.network1[0].weight.is_contiguous(memory_format=torch.channels_last)
-        assert fast.network1[3]._backward_pre_hooks  # the max pool's gradient goes channels_last
+        assert fast.network1[3]._forward_hooks  # the max pool's gradient goes channels_last
         nn.functional.cross_entropy(fast(x.double().contiguous(memory_format=torch.channels_last)), y).backward()
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
-    assert not any(m._backward_pre_hooks for m in fast.modules())
+    assert not any(m._forward_hooks for m in fast.modules())
     with channels_last_training(create_model("mnist_linear", 10, 1)) as on:
         assert not on  # no convolutions: nothing to gain
 
@@ -213,3 +213,23 @@ def test_precision_choice_and_bf16_training(tmp_path):
     result = fit(model, train, val, config=config, preprocess=pre, verbose=False)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     assert result.history[-1].acc > result.history[0].acc and result.history[-1].val_acc == 1.0
+
+
+def test_channels_last_training_allows_in_place_changes_after_pooling():
+    """A module backward hook would refuse `y += 1` on the pool's output; the tensor hook does not."""
+    from convlab.train.loop import channels_last_training
+
+    class PoolThenAdd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.fc = nn.Conv2d(3, 8, 3), nn.MaxPool2d(2), nn.Linear(8 * 15 * 15, 2)
+
+        def forward(self, x):
+            y = self.pool(self.conv(x))
+            y += 1.0
+            return self.fc(torch.relu(y).flatten(1))
+
+    model = PoolThenAdd()
+    with channels_last_training(model):
+        model(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert model.conv.weight.grad is not None and torch.isfinite(model.conv.weight.grad).all()

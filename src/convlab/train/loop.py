@@ -109,9 +109,15 @@ def uses_channels_last(model: nn.Module) -> bool:
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _grad_channels_last(module: nn.Module, grad_output: tuple) -> tuple:
-    return tuple(g.contiguous(memory_format=torch.channels_last)
-                 if g is not None and g.dim() == 4 else g for g in grad_output)
+def _channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _pool_grad_channels_last(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    # a hook on the output tensor, not a module backward hook: those refuse in-place
+    # changes to the module's output, which some models make after pooling
+    if isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 4:
+        output.register_hook(_channels_last)
 
 
 @contextlib.contextmanager
@@ -130,7 +136,7 @@ def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[b
     handles = []
     if on:
         model.to(memory_format=torch.channels_last)
-        handles = [m.register_full_backward_pre_hook(_grad_channels_last)
+        handles = [m.register_forward_hook(_pool_grad_channels_last)
                    for m in model.modules() if isinstance(m, _POOLS)]
     try:
         yield on
