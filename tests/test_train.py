@@ -233,3 +233,31 @@ def test_channels_last_training_allows_in_place_changes_after_pooling():
     with channels_last_training(model):
         model(torch.rand(2, 3, 32, 32)).sum().backward()
     assert model.conv.weight.grad is not None and torch.isfinite(model.conv.weight.grad).all()
+
+
+@pytest.mark.parametrize("name,chans,size", [("mnist_cnn", 1, 28), ("alexnet", 3, 63)])
+def test_relu_after_max_pool_is_exact_and_undone(name, chans, size):
+    """Swapping ReLU -> MaxPool into MaxPool -> ReLU changes nothing but speed: the same
+    outputs and gradients bit for bit (in-place ReLUs included), and the model is
+    restored afterwards."""
+    from convlab.train.loop import channels_last_training, relu_after_max_pool
+
+    torch.manual_seed(0)
+    a = create_model(name, 4, chans)
+    b = create_model(name, 4, chans)
+    b.load_state_dict(a.state_dict())
+    before = repr(b)
+    x = torch.randn(3, chans, size, size)
+    x[0, :, :4, :4] = 0.0  # windows of ties at zero
+    torch.manual_seed(1)  # the same dropout masks
+    out_a = a(x)
+    out_a.square().sum().backward()
+    with channels_last_training(b, False), relu_after_max_pool(b) as swapped:
+        assert swapped == (1 if name == "mnist_cnn" else 3) and repr(b) != before
+        torch.manual_seed(1)
+        out_b = b(x)
+        out_b.square().sum().backward()
+    assert torch.equal(out_a, out_b)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    assert repr(b) == before
