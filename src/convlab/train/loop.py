@@ -29,7 +29,7 @@ from .metrics import evaluate
 from .optim import make_loss, make_optimizer
 
 __all__ = ["fit", "EpochStats", "FitResult", "TrainState", "Callback", "TrainingInterrupted",
-           "uses_channels_last", "channels_last_training", "relu_after_max_pool"]
+           "uses_channels_last", "channels_last_training", "relu_after_max_pool", "training_layout"]
 
 
 class TrainingInterrupted(ConvlabError):
@@ -159,18 +159,31 @@ def relu_after_max_pool(model: nn.Module) -> Iterator[int]:
     """
     swapped = []
     for seq in model.modules():
-        if isinstance(seq, nn.Sequential):
-            for i in range(len(seq) - 1):
-                a, b = seq[i], seq[i + 1]
-                if (type(a) is nn.ReLU and type(b) is nn.MaxPool2d and not b.return_indices
-                        and (seq, i - 1) not in swapped):
-                    seq[i], seq[i + 1] = b, a
-                    swapped.append((seq, i))
+        if not isinstance(seq, nn.Sequential):
+            continue
+        i = 0
+        while i < len(seq) - 1:
+            a, b = seq[i], seq[i + 1]
+            if type(a) is nn.ReLU and type(b) is nn.MaxPool2d and not b.return_indices:
+                seq[i], seq[i + 1] = b, a
+                swapped.append((seq, i))
+                i += 2  # the moved ReLU stays right after this pool
+            else:
+                i += 1
     try:
         yield len(swapped)
     finally:
         for seq, i in reversed(swapped):
             seq[i], seq[i + 1] = seq[i + 1], seq[i]
+
+
+@contextlib.contextmanager
+def training_layout(model: nn.Module, channels_last: bool = True) -> Iterator[bool]:
+    """What every training loop here (fit, lr-find) does to a model for speed, undone on
+    exit: channels_last_training, then relu_after_max_pool. Yields whether the model
+    runs channels_last (the batches must then be made channels_last too)."""
+    with channels_last_training(model, channels_last) as on, relu_after_max_pool(model):
+        yield on
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
@@ -221,8 +234,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     run_dir = Path(run_dir) if run_dir is not None else None
     torch.manual_seed(config.seed)
     model.to(device)
-    with channels_last_training(model, config.channels_last) as channels_last, \
-            relu_after_max_pool(model):
+    with training_layout(model, config.channels_last) as channels_last:
         return _fit(model, train, val, config=config, preprocess=preprocess, run_dir=run_dir,
                     meta=meta, resume=resume, callbacks=callbacks, device=device,
                     augment=augment, param_groups=param_groups, verbose=verbose, log=log,

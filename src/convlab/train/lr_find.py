@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..errors import ConfigError, TrainingError
 from ..progress import progress
-from .loop import channels_last_training, relu_after_max_pool
+from .loop import training_layout
 from .optim import make_loss, make_optimizer
 
 __all__ = ["LRFindResult", "lr_find"]
@@ -73,8 +73,7 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
     model.to(device)
-    with channels_last_training(model, config.channels_last) as channels_last, \
-            relu_after_max_pool(model):
+    with training_layout(model, config.channels_last) as channels_last:
         torch.manual_seed(config.seed)
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad],
                                    config.replace(lr=start_lr))
