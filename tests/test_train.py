@@ -195,6 +195,43 @@ def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
         assert not on  # no convolutions: nothing to gain
 
 
+def test_training_layout_hands_relu_after_pool_a_channels_last_gradient():
+    """With the ReLU moved after the max pool, the gradient from the flatten is turned
+    channels_last at the ReLU (else ReLU backward mixes layouts, 10x slower); gradients
+    stay those of the plain model, and the model leaves as it came."""
+    from convlab.train.loop import training_layout
+
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    plain = create_model("mnist_cnn", 10, 1).double()
+    fast = create_model("mnist_cnn", 10, 1).double()
+    fast.load_state_dict(plain.state_dict())
+    nn.functional.cross_entropy(plain(x.double()), y).backward()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ReluBackwardArgs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.threshold_backward.default:
+                self.seen.append(args[:2])  # (gradient, ReLU output)
+            return func(*args, **(kwargs or {}))
+
+    with training_layout(fast) as on:
+        assert on and isinstance(fast.network1[2], nn.MaxPool2d) and isinstance(fast.network1[3], nn.ReLU)
+        loss = nn.functional.cross_entropy(fast(x.double().contiguous(memory_format=torch.channels_last)), y)
+        with ReluBackwardArgs() as mode:
+            loss.backward()
+    assert len(mode.seen) == 1
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in mode.seen[0])
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    assert not any(m._forward_hooks for m in fast.modules())
+    assert isinstance(fast.network1[2], nn.ReLU)
+
+
 def test_precision_choice_and_bf16_training(tmp_path):
     from convlab._runtime import cpu_has_bf16
     from convlab.train.loop import uses_bf16

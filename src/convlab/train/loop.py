@@ -120,6 +120,16 @@ def _pool_grad_channels_last(module: nn.Module, inputs: tuple, output: torch.Ten
         output.register_hook(_channels_last)
 
 
+def _pools_and_their_relus(model: nn.Module) -> Iterator[nn.Module]:
+    """The pooling layers, and a ReLU that directly follows one in an nn.Sequential (as
+    relu_after_max_pool arranges): the last 4-D layers before a flatten, usually."""
+    for m in model.modules():
+        if isinstance(m, _POOLS):
+            yield m
+        elif isinstance(m, nn.Sequential):
+            yield from (b for a, b in zip(m, m[1:]) if isinstance(a, _POOLS) and type(b) is nn.ReLU)
+
+
 @contextlib.contextmanager
 def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
     """Train `model` in channels_last memory format (when `enabled` and it has 2-D
@@ -129,7 +139,9 @@ def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[b
     default (NCHW) layout; the pooling backward then hands mixed layouts to ReLU and
     BatchNorm backward, which copy whole activations to reconcile them. Turning that
     gradient into channels_last as it enters the pooling layer (2.5 MB for mnist_cnn
-    instead of two 10 MB copies) made a training step 20% faster here.
+    instead of two 10 MB copies) made a training step 20% faster here. A ReLU right
+    after the pool gets the same hook: ReLU backward with a channels_last output and an
+    NCHW gradient took 0.76 ms of a 7 ms bf16 step, against 0.07 ms with both alike.
     The hooks are removed on exit, so the model leaves as it came, apart from its layout.
     """
     on = enabled and uses_channels_last(model)
@@ -137,7 +149,7 @@ def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[b
     if on:
         model.to(memory_format=torch.channels_last)
         handles = [m.register_forward_hook(_pool_grad_channels_last)
-                   for m in model.modules() if isinstance(m, _POOLS)]
+                   for m in _pools_and_their_relus(model)]
     try:
         yield on
     finally:
@@ -180,9 +192,9 @@ def relu_after_max_pool(model: nn.Module) -> Iterator[int]:
 @contextlib.contextmanager
 def training_layout(model: nn.Module, channels_last: bool = True) -> Iterator[bool]:
     """What every training loop here (fit, lr-find) does to a model for speed, undone on
-    exit: channels_last_training, then relu_after_max_pool. Yields whether the model
+    exit: relu_after_max_pool, then channels_last_training. Yields whether the model
     runs channels_last (the batches must then be made channels_last too)."""
-    with channels_last_training(model, channels_last) as on, relu_after_max_pool(model):
+    with relu_after_max_pool(model), channels_last_training(model, channels_last) as on:
         yield on
 
 
