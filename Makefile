@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-DEB_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+DEB_PACKAGES := dataset-fashion-mnist chromium chromium-driver g++ ninja-build
 
-.PHONY: demo test venv sysdeps bench clean
+.PHONY: demo test venv kernels sysdeps bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# convlab's fused CPU kernel (BatchNorm -> ReLU -> max pool), compiled once for this
+# machine and torch (about 15 s); without a compiler, training runs in eager PyTorch.
+kernels: $(STAMP)
+	@$(PY) -m convlab.kernels --check >/dev/null 2>&1 || $(PY) -m convlab.kernels || true
 
 # Debian packages: the real Fashion-MNIST files and a browser for the web tests.
 sysdeps:
@@ -30,13 +35,13 @@ sysdeps:
 	  fi; \
 	fi
 
-demo: sysdeps venv
+demo: sysdeps venv kernels
 	$(PY) -m convlab demo
 
-test: sysdeps venv
+test: sysdeps venv kernels
 	$(PY) -m pytest -q
 
-bench: venv
+bench: venv kernels
 	for f in bench/*.py; do $(PY) $$f; done
 
 clean:

@@ -219,7 +219,7 @@ def test_training_layout_hands_relu_after_pool_a_channels_last_gradient():
                 self.seen.append(args[:2])  # (gradient, ReLU output)
             return func(*args, **(kwargs or {}))
 
-    with training_layout(fast) as on:
+    with training_layout(fast, fuse=False) as on:  # the layers as they are, not the fused kernel
         assert on and isinstance(fast.network1[2], nn.MaxPool2d) and isinstance(fast.network1[3], nn.ReLU)
         loss = nn.functional.cross_entropy(fast(x.double().contiguous(memory_format=torch.channels_last)), y)
         with ReluBackwardArgs() as mode:
