@@ -5,12 +5,12 @@
 // Forward: per-channel mean and biased variance over N*H*W (one pass, double sums), then
 // for each 2x2 window: y = x * scale + shift, rounded to the input's dtype as BatchNorm's
 // output would be, the window's first maximum (as ATen's max pool picks it), ReLU. It
-// writes the pooled output and the window position of the maximum (0..3, one byte),
-// never the full-resolution BatchNorm output.
+// writes the pooled output, the window position of the maximum (0..3, one byte) and the
+// input value there, never the full-resolution BatchNorm output.
 //
 // Backward: the gradient reaching BatchNorm is zero except at each window's maximum when
-// the output is positive, so BatchNorm's two per-channel sums are taken over the pooled
-// positions only; then one pass writes the input gradient of every position.
+// the output is positive, so BatchNorm's two per-channel sums are taken over pooled-size
+// arrays only; then one pass writes the input gradient of every position.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -102,29 +102,34 @@ void channel_sums(const T* x, int64_t rows, int64_t C, std::vector<double>& sum,
 template <typename T>
 inline void window_forward(const T* __restrict r0, const T* __restrict r1, int64_t C,
                            const float* __restrict sc, const float* __restrict sh,
-                           T* __restrict out, uint8_t* __restrict idx) {
+                           T* __restrict out, uint8_t* __restrict idx, T* __restrict xmax) {
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
-    const float v0 = round_to(r0, load(r0, c) * sc[c] + sh[c]);
-    const float v1 = round_to(r0, load(r0, C + c) * sc[c] + sh[c]);
-    const float v2 = round_to(r0, load(r1, c) * sc[c] + sh[c]);
-    const float v3 = round_to(r0, load(r1, C + c) * sc[c] + sh[c]);
+    const float x0 = load(r0, c), x1 = load(r0, C + c), x2 = load(r1, c), x3 = load(r1, C + c);
+    const float v0 = round_to(r0, x0 * sc[c] + sh[c]);
+    const float v1 = round_to(r0, x1 * sc[c] + sh[c]);
+    const float v2 = round_to(r0, x2 * sc[c] + sh[c]);
+    const float v3 = round_to(r0, x3 * sc[c] + sh[c]);
     // the position as a float too: selects of one width are what the loop vectorises to
-    float k = 0.f, best = v0;
+    float k = 0.f, best = v0, xm = x0;
     k = v1 > best ? 1.f : k;
+    xm = v1 > best ? x1 : xm;
     best = v1 > best ? v1 : best;
     k = v2 > best ? 2.f : k;
+    xm = v2 > best ? x2 : xm;
     best = v2 > best ? v2 : best;
     k = v3 > best ? 3.f : k;
+    xm = v3 > best ? x3 : xm;
     best = v3 > best ? v3 : best;
     store(out, c, best < 0.f ? 0.f : best);
     idx[c] = static_cast<uint8_t>(static_cast<int>(k));
+    store(xmax, c, xm);  // exact: a value of T stored back as T
   }
 }
 
 template <typename T>
 void forward_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                  Tensor& out, Tensor& idx, Tensor& mean_t, Tensor& invstd_t) {
+                  Tensor& out, Tensor& idx, Tensor& xmax, Tensor& mean_t, Tensor& invstd_t) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = H / 2, Wo = W / 2, M = N * H * W;
   const T* xp = x.data_ptr<T>();
@@ -145,6 +150,7 @@ void forward_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   }
   T* op = out.data_ptr<T>();
   uint8_t* ip = idx.data_ptr<uint8_t>();
+  T* xm = xmax.data_ptr<T>();
   const float* sc = scale.data();
   const float* sh = shift.data();
   at::parallel_for(0, N * Ho, 16, [&](int64_t begin, int64_t end) {
@@ -153,14 +159,14 @@ void forward_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
       const T* r0 = xp + ((n * H + 2 * i) * W) * C;
       const T* r1 = r0 + W * C;
       for (int64_t j = 0; j < Wo; ++j) {
-        window_forward(r0 + 2 * j * C, r1 + 2 * j * C, C, sc, sh, op + (nh * Wo + j) * C,
-                       ip + (nh * Wo + j) * C);
+        const int64_t o = (nh * Wo + j) * C;
+        window_forward(r0 + 2 * j * C, r1 + 2 * j * C, C, sc, sh, op + o, ip + o, xm + o);
       }
     }
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> bn_relu_pool2_forward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_relu_pool2_forward(
     const Tensor& x, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
     double eps) {
   check_input(x);
@@ -170,30 +176,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_relu_pool2_forward(
   auto cl = at::MemoryFormat::ChannelsLast;
   Tensor out = at::empty({N, C, H / 2, W / 2}, x.options().memory_format(cl));
   Tensor idx = at::empty({N, C, H / 2, W / 2}, x.options().dtype(at::kByte).memory_format(cl));
+  Tensor xmax = at::empty({N, C, H / 2, W / 2}, x.options().memory_format(cl));
   Tensor mean = at::empty({C}, x.options().dtype(at::kFloat));
   Tensor invstd = at::empty({C}, x.options().dtype(at::kFloat));
   if (x.scalar_type() == at::kFloat)
-    forward_impl<float>(x, w, b, eps, out, idx, mean, invstd);
+    forward_impl<float>(x, w, b, eps, out, idx, xmax, mean, invstd);
   else
-    forward_impl<c10::BFloat16>(x, w, b, eps, out, idx, mean, invstd);
-  return {out, idx, mean, invstd};
+    forward_impl<c10::BFloat16>(x, w, b, eps, out, idx, xmax, mean, invstd);
+  return {out, idx, xmax, mean, invstd};
 }
 
 // One window's share of BatchNorm's two backward sums: the gradient reaches the window's
-// maximum only, and only when the output is positive.
+// maximum only (whose input value the forward pass kept in xmax), and only when the
+// output is positive. So this pass reads pooled-size arrays only.
 template <typename T>
-inline void window_sums(const T* __restrict r0, const T* __restrict r1, int64_t C,
-                        const T* __restrict grad, const T* __restrict out,
-                        const uint8_t* __restrict idx, const float* __restrict mean,
+inline void window_sums(const T* __restrict xmax, int64_t C, const T* __restrict grad,
+                        const T* __restrict out, const float* __restrict mean,
                         const float* __restrict invstd, float* __restrict s,
                         float* __restrict q) {
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
     const float o = load(out, c), gv = load(grad, c);
     const float g = o > 0.f ? gv : 0.f;
-    const int k = idx[c];
-    const float x0 = load(r0, c), x1 = load(r0, C + c), x2 = load(r1, c), x3 = load(r1, C + c);
-    const float xv = k == 0 ? x0 : (k == 1 ? x1 : (k == 2 ? x2 : x3));
+    const float xv = load(xmax, c);
     s[c] += g;
     q[c] += g * (xv - mean[c]) * invstd[c];
   }
@@ -225,7 +230,8 @@ inline void window_backward(const T* __restrict x0, const T* __restrict x1, T* _
 }
 
 template <typename T>
-void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& idx, const Tensor& out,
+void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& idx, const Tensor& xmax,
+                   const Tensor& out,
                    const Tensor& mean_t, const Tensor& invstd_t, const Tensor& weight,
                    Tensor& dx, std::vector<double>& sum_dy, std::vector<double>& sum_dy_xhat) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -234,6 +240,7 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& idx, const
   const T* gp = grad.data_ptr<T>();
   const T* op = out.data_ptr<T>();
   const uint8_t* ip = idx.data_ptr<uint8_t>();
+  const T* xm = xmax.data_ptr<T>();
   const float* mean = mean_t.data_ptr<float>();
   const float* invstd = invstd_t.data_ptr<float>();
   // 1. BatchNorm's sums, over the pooled positions (the gradient is zero elsewhere)
@@ -244,14 +251,11 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& idx, const
     double* q = s + C;
     std::vector<float> fs(C), fq(C);
     for (int64_t nh = begin; nh < end; ++nh) {  // float sums of one row of windows, then double
-      const int64_t n = nh / Ho, i = nh % Ho;
-      const T* r0 = xp + ((n * H + 2 * i) * W) * C;
       std::fill(fs.begin(), fs.end(), 0.f);
       std::fill(fq.begin(), fq.end(), 0.f);
       for (int64_t j = 0; j < Wo; ++j) {
         const int64_t o = (nh * Wo + j) * C;
-        window_sums(r0 + 2 * j * C, r0 + (W + 2 * j) * C, C, gp + o, op + o, ip + o, mean,
-                    invstd, fs.data(), fq.data());
+        window_sums(xm + o, C, gp + o, op + o, mean, invstd, fs.data(), fq.data());
       }
       for (int64_t c = 0; c < C; ++c) {
         s[c] += fs[c];
@@ -292,7 +296,7 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& idx, const
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_relu_pool2_backward(
-    const Tensor& grad_in, const Tensor& x, const Tensor& idx, const Tensor& out,
+    const Tensor& grad_in, const Tensor& x, const Tensor& idx, const Tensor& xmax, const Tensor& out,
     const Tensor& mean, const Tensor& invstd, const c10::optional<Tensor>& weight) {
   check_input(x);
   auto cl = at::MemoryFormat::ChannelsLast;
@@ -302,9 +306,9 @@ std::tuple<Tensor, Tensor, Tensor> bn_relu_pool2_backward(
   Tensor dx = at::empty_like(x, x.options().memory_format(cl));
   std::vector<double> sum_dy, sum_dy_xhat;
   if (x.scalar_type() == at::kFloat)
-    backward_impl<float>(grad, x, idx, out, mean, invstd, w, dx, sum_dy, sum_dy_xhat);
+    backward_impl<float>(grad, x, idx, xmax, out, mean, invstd, w, dx, sum_dy, sum_dy_xhat);
   else
-    backward_impl<c10::BFloat16>(grad, x, idx, out, mean, invstd, w, dx, sum_dy, sum_dy_xhat);
+    backward_impl<c10::BFloat16>(grad, x, idx, xmax, out, mean, invstd, w, dx, sum_dy, sum_dy_xhat);
   const int64_t C = x.size(1);
   Tensor dweight = at::empty({C}, x.options().dtype(at::kFloat));
   Tensor dbias = at::empty({C}, x.options().dtype(at::kFloat));
@@ -319,8 +323,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_relu_pool2_backward(
 
 TORCH_LIBRARY(convlab, m) {
   m.def("bn_relu_pool2_forward(Tensor x, Tensor? weight, Tensor? bias, float eps) -> "
-        "(Tensor, Tensor, Tensor, Tensor)");
-  m.def("bn_relu_pool2_backward(Tensor grad, Tensor x, Tensor idx, Tensor out, Tensor mean, "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("bn_relu_pool2_backward(Tensor grad, Tensor x, Tensor idx, Tensor xmax, Tensor out, Tensor mean, "
         "Tensor invstd, Tensor? weight) -> (Tensor, Tensor, Tensor)");
 }
 

@@ -217,8 +217,9 @@ def fused_bn_relu_pool(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     The BatchNorm module stays where it is and does the three layers' work; the ReLU
     and pool slots hold nn.Identity meanwhile, so parameter and buffer names (and
     checkpoints) are unchanged. In eval mode, or for an input the kernel does not take,
-    the BatchNorm runs the three layers as they are. Restored on exit. For mnist_cnn
-    in bf16 this took a training step from 6.5 to about 4.5 ms here.
+    the BatchNorm runs the three layers as they are. Restored on exit. One epoch of
+    mnist_cnn (bench/train_speed.py) went from 4.7 to 2.8 s in bf16 and from 6.2 to
+    4.2 s in float32 here.
     """
     fused = []
     if enabled and kernels.available():
