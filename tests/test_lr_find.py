@@ -80,3 +80,25 @@ def test_lr_find_cli(tmp_path, capsys):
                  "--start-lr", "100", "--end-lr", "1000", "--optimizer", "sgd",
                  "--out", str(out)]) == 3  # TrainingError
     assert "start learning rate 100 is too high" in capsys.readouterr().err
+
+
+def test_lr_find_runs_in_the_precision_it_is_given(digits):
+    """The rate is found for the precision the run will train in (--precision bf16)."""
+    from convlab._runtime import cpu_has_bf16
+    from convlab.errors import ConfigError
+
+    torch.manual_seed(0)
+    model, pre, _ = model_for_data("mnist_cnn", digits)
+    seen = []
+    model.network1[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    cfg = TrainConfig(optimizer="sgd", batch_size=64, precision="bf16")
+    if not cpu_has_bf16():
+        with pytest.raises(ConfigError, match="native bfloat16"):
+            lr_find(model, digits, pre, config=cfg, start_lr=1e-4, end_lr=1.0, steps=10, verbose=False)
+        return
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen.clear()
+        with pytest.raises(TrainingError, match="hardly fell"):  # 10 small steps: only the dtype matters
+            lr_find(model, digits, pre, config=cfg.replace(precision=precision), start_lr=1e-6,
+                    end_lr=1e-5, steps=10, verbose=False)
+        assert seen and set(seen) == {dtype}

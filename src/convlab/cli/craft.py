@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import LOSSES, OPTIMIZERS, TrainConfig
+from ..config import LOSSES, OPTIMIZERS, PRECISIONS, TrainConfig
 from ..tables import render_table
 
 __all__ = ["register"]
@@ -30,7 +30,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     config = TrainConfig(batch_size=args.batch_size, optimizer=args.optimizer,
                          momentum=args.momentum, weight_decay=args.weight_decay, loss=args.loss,
-                         val_split=0.0, seed=args.seed)
+                         val_split=0.0, seed=args.seed, precision=args.precision)
     device = resolve_device(args.device)
     data, model, preprocess = _load_for_model(args, config)
     print(f"{data.describe()}; {args.optimizer}, batch {args.batch_size}, lr {args.start_lr:g} "
@@ -178,6 +178,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=d.momentum, help="momentum for momentum/nesterov")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help=f"loss criterion (default {d.loss})")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto | fp32 | bf16, as for train: the rate found is for the precision "
+                        "you will train in (default auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=cmd_lr_find)
 

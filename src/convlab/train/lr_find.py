@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..errors import ConfigError, TrainingError
 from ..progress import progress
-from .loop import training_layout
+from .loop import training_layout, uses_bf16
 from .optim import make_loss, make_optimizer
 
 __all__ = ["LRFindResult", "lr_find"]
@@ -73,6 +73,7 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
     model.to(device)
+    amp = uses_bf16(config.precision, device)
     with training_layout(model, config.channels_last) as channels_last:
         torch.manual_seed(config.seed)
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad],
@@ -97,7 +98,8 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
                     lr = start_lr * ratio ** len(lrs)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    loss = loss_fn(model(x), y)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        loss = loss_fn(model(x), y)  # as fit computes it, in config.precision
                     value = float(loss.detach())
                     lrs.append(lr)
                     losses.append(value)
