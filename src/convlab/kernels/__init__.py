@@ -73,6 +73,12 @@ def build(verbose: bool = False) -> Path:
     load(name=_NAME, sources=[str(SOURCE)], build_directory=str(out), extra_cflags=_CFLAGS,
          extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
     _loaded = True
+    if sys.prefix != sys.base_prefix:  # this environment's own builds: drop the outdated ones
+        import shutil
+
+        for old in out.parent.iterdir():
+            if old != out and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     return _library()
 
 
