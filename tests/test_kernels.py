@@ -85,8 +85,9 @@ def test_ties_send_the_gradient_to_the_first_maximum_like_max_pool():
 
 def test_running_statistics_follow_batchnorm_including_cumulative_momentum():
     torch.manual_seed(0)
-    for momentum in (0.1, None):
-        a, b = nn.BatchNorm2d(8, momentum=momentum), nn.BatchNorm2d(8, momentum=momentum)
+    for momentum, affine in ((0.1, True), (None, True), (0.1, False)):
+        a = nn.BatchNorm2d(8, momentum=momentum, affine=affine)
+        b = nn.BatchNorm2d(8, momentum=momentum, affine=affine)
         for _ in range(3):
             x = (torch.randn(4, 8, 6, 6) * 3 + 1).contiguous(memory_format=torch.channels_last)
             a(x)
@@ -130,7 +131,12 @@ def test_blocks_it_cannot_take_are_left_alone():
     torch.testing.assert_close(model[5].running_mean, twin[5].running_mean)
 
 
-def test_module_entry_point_reports_the_built_kernel():
+def test_module_entry_point_reports_the_built_kernel_and_the_switch_turns_it_off():
+    import os
+
     out = subprocess.run([sys.executable, "-m", "convlab.kernels", "--check"], capture_output=True,
                          text=True, check=True).stdout
     assert "loaded from" in out and "convlab_kernels" in out
+    off = subprocess.run([sys.executable, "-m", "convlab.kernels", "--check"], capture_output=True,
+                         text=True, env={**os.environ, "CONVLAB_KERNELS": "0"})
+    assert off.returncode == 1 and "not loaded" in off.stdout

@@ -117,6 +117,10 @@ def bn_relu_pool2(x: torch.Tensor, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
     """max_pool2d(relu(bn(x)), 2) for a BatchNorm in training mode, fused; updates `bn`'s
     running statistics as BatchNorm does. x: channels_last, float32 or bfloat16, on the
     CPU, even height and width (see `fusable`)."""
+    if not available():
+        raise RuntimeError("convlab's fused kernel is not loaded: CONVLAB_KERNELS=0 is set, or "
+                           "it is not built here (run `python -m convlab.kernels`; it needs g++ "
+                           "and ninja)")
     out, mean, invstd = _BNReLUPool2.apply(x, bn.weight, bn.bias, bn.eps)
     if bn.track_running_stats:
         with torch.no_grad():
@@ -149,7 +153,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.check:
         ok = available()
-        print(f"convlab kernels: {'loaded from ' + str(_library()) if ok else 'not built'}")
+        why = ("CONVLAB_KERNELS=0" if os.environ.get("CONVLAB_KERNELS", "1") == "0"
+               else "not built: run python -m convlab.kernels")
+        print(f"convlab kernels: {'loaded from ' + str(_library()) if ok else 'not loaded (' + why + ')'}")
         sys.exit(0 if ok else 1)
     t0 = time.perf_counter()
     try:
