@@ -173,17 +173,24 @@ def test_predictor_reads_preprocessing_from_the_run(tmp_path):
     assert pred.labels[0] == "class1" and len(pred.probs) == 2 and 0 <= pred.probs[1] <= pred.probs[0] <= 1
 
 
-def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
-    """The pooling-gradient layout hook changes speed only: the same gradients as plain
-    NCHW, and no hook left on the model afterwards."""
-    from convlab.train.loop import channels_last_training
-
+def _float64_twins():
+    """A batch, and two float64 mnist_cnn with the same weights: `plain` with the
+    gradients of the plain NCHW forward and backward, `fast` untouched."""
     torch.manual_seed(0)
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     plain = create_model("mnist_cnn", 10, 1).double()
     fast = create_model("mnist_cnn", 10, 1).double()
     fast.load_state_dict(plain.state_dict())
     nn.functional.cross_entropy(plain(x.double()), y).backward()
+    return x, y, plain, fast
+
+
+def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
+    """The pooling-gradient layout hook changes speed only: the same gradients as plain
+    NCHW, and no hook left on the model afterwards."""
+    from convlab.train.loop import channels_last_training
+
+    x, y, plain, fast = _float64_twins()
     with channels_last_training(fast) as on:
         assert on and fast.network1[0].weight.is_contiguous(memory_format=torch.channels_last)
         assert fast.network1[3]._forward_hooks  # the max pool's gradient goes channels_last
@@ -201,12 +208,7 @@ def test_training_layout_hands_relu_after_pool_a_channels_last_gradient():
     stay those of the plain model, and the model leaves as it came."""
     from convlab.train.loop import training_layout
 
-    torch.manual_seed(0)
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    plain = create_model("mnist_cnn", 10, 1).double()
-    fast = create_model("mnist_cnn", 10, 1).double()
-    fast.load_state_dict(plain.state_dict())
-    nn.functional.cross_entropy(plain(x.double()), y).backward()
+    x, y, plain, fast = _float64_twins()
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class ReluBackwardArgs(TorchDispatchMode):

@@ -59,7 +59,7 @@ def _library() -> Path:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile the kernel for this machine (C++ compiler and ninja needed; about 15-30 s)
+    """Compile the kernel for this machine (C++ compiler and ninja needed; 11-13 s here)
     and load it; returns the library's path. Raises RuntimeError when it cannot."""
     global _loaded
     import logging

@@ -61,6 +61,18 @@ void check_input(const Tensor& x) {
               "bn_relu_pool2: float32 or bfloat16 input is needed");
 }
 
+// Adds up per-thread partials (thread t's two C-long runs at part[2*C*t]) into a and b.
+void add_partials(const std::vector<double>& part, int nt, int64_t C, std::vector<double>& a,
+                  std::vector<double>& b) {
+  a.assign(C, 0.0);
+  b.assign(C, 0.0);
+  for (int t = 0; t < nt; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      a[c] += part[static_cast<size_t>(t) * 2 * C + c];
+      b[c] += part[static_cast<size_t>(t) * 2 * C + C + c];
+    }
+}
+
 // Per-channel sum and sum of squares over the rows of a (rows, C) array, in double.
 template <typename T>
 void channel_sums(const T* x, int64_t rows, int64_t C, std::vector<double>& sum,
@@ -88,13 +100,7 @@ void channel_sums(const T* x, int64_t rows, int64_t C, std::vector<double>& sum,
       }
     }
   });
-  sum.assign(C, 0.0);
-  sumsq.assign(C, 0.0);
-  for (int t = 0; t < nt; ++t)
-    for (int64_t c = 0; c < C; ++c) {
-      sum[c] += part[static_cast<size_t>(t) * 2 * C + c];
-      sumsq[c] += part[static_cast<size_t>(t) * 2 * C + C + c];
-    }
+  add_partials(part, nt, C, sum, sumsq);
 }
 
 // One 2x2 window, all channels: BatchNorm's output rounded to T, the first maximum
@@ -263,13 +269,7 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& idx, const
       }
     }
   });
-  sum_dy.assign(C, 0.0);
-  sum_dy_xhat.assign(C, 0.0);
-  for (int t = 0; t < nt; ++t)
-    for (int64_t c = 0; c < C; ++c) {
-      sum_dy[c] += part[static_cast<size_t>(t) * 2 * C + c];
-      sum_dy_xhat[c] += part[static_cast<size_t>(t) * 2 * C + C + c];
-    }
+  add_partials(part, nt, C, sum_dy, sum_dy_xhat);
   // 2. dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), every position
   const float* w = weight.defined() ? weight.data_ptr<float>() : nullptr;
   std::vector<float> k1(C), a(C), bq(C), mu(C), is(C);
