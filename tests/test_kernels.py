@@ -126,7 +126,12 @@ def test_blocks_it_cannot_take_are_left_alone():
     with fused_bn_relu_pool(model) as n:
         assert n == 1 and isinstance(model[3], nn.MaxPool2d) and isinstance(model[6], nn.Identity)
         # 21x21 -> pool 3 -> 7x7 -> conv -> 5x5: odd, so the layers run as they are
-        torch.testing.assert_close(model(x), twin(x))
+        out, ref = model(x), twin(x)
+        torch.testing.assert_close(out, ref)
+        out.square().sum().backward()
+        ref.square().sum().backward()
+    for (name, a), b in zip(twin.named_parameters(), model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
     assert isinstance(model[6], nn.ReLU)
     torch.testing.assert_close(model[5].running_mean, twin[5].running_mean)
 

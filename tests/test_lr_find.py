@@ -8,14 +8,10 @@ from convlab import TrainConfig, TrainingError, load_dataset, lr_find
 from convlab.cli import main
 from convlab.plots import plot_lr_find
 from convlab.train.run import model_for_data
-from convlab.train.sanity import one_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is many times faster than two on a shared 2-core machine."""
-    with one_thread():
-        yield
+# tiny tensors: one thread is many times faster than two on a shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,14 @@ from convlab import ImageSet, TrainConfig, evaluate, load_run, train, write_repo
 from convlab.cli import main
 from convlab.plots import confident_mistakes, plot_history
 from convlab.report import write_run_plots
-from convlab.train.sanity import one_thread
 
 from conftest import make_imageset, write_folder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is many times faster than two on a shared 2-core machine."""
-    with one_thread():
-        yield
+# tiny tensors: one thread is many times faster than two on a shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_writes_plots_and_report_embeds_them(tmp_path, capsys):

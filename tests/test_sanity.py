@@ -8,16 +8,13 @@ from torch import nn
 from convlab import ImageSet, ModelError, create_model, gradcheck
 from convlab.cli import main
 from convlab.train.run import model_for_data
-from convlab.train.sanity import one_thread, overfit, overfit_subset
+from convlab.train.sanity import overfit, overfit_subset
 
 from conftest import make_imageset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is many times faster than two on a shared 2-core machine."""
-    with one_thread():
-        yield
+# tiny tensors: one thread is many times faster than two on a shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def noise_set(n: int = 40, classes: int = 4, seed: int = 0) -> ImageSet:

@@ -203,7 +203,9 @@ def _fused_forward(bn: nn.BatchNorm2d, relu: nn.ReLU, pool: nn.MaxPool2d,
                    x: torch.Tensor) -> torch.Tensor:
     if kernels.fusable(x, bn):
         return kernels.bn_relu_pool2(x, bn)
-    y = pool(relu(nn.BatchNorm2d.forward(bn, x)))  # eval mode, odd sizes, other layouts
+    # eval mode, odd sizes, other layouts: the layers themselves, the ReLU after the pool
+    # as relu_after_max_pool runs it (exact), its gradient made channels_last as there
+    y = relu(pool(nn.BatchNorm2d.forward(bn, x)))
     if y.requires_grad and x.is_contiguous(memory_format=torch.channels_last):
         y.register_hook(_channels_last)
     return y
@@ -303,20 +305,20 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     run_dir = Path(run_dir) if run_dir is not None else None
     torch.manual_seed(config.seed)
     model.to(device)
-    sync_bn = size > 1 and getattr(config, "sync_bn", False)  # replaces the BatchNorms in _fit
+    sync_bn = size > 1 and getattr(config, "sync_bn", False)  # _fit replaces the BatchNorms
     with training_layout(model, config.channels_last, fuse=not sync_bn) as channels_last:
         return _fit(model, train, val, config=config, preprocess=preprocess, run_dir=run_dir,
                     meta=meta, resume=resume, callbacks=callbacks, device=device,
                     augment=augment, param_groups=param_groups, verbose=verbose, log=log,
-                    channels_last=channels_last, rank=rank, size=size)
+                    channels_last=channels_last, rank=rank, size=size, sync_bn=sync_bn)
 
 
 def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callbacks, device,
-         augment, param_groups, verbose, log, channels_last, rank, size) -> FitResult:
+         augment, param_groups, verbose, log, channels_last, rank, size, sync_bn) -> FitResult:
     from torch.nn.parallel import DistributedDataParallel
 
     main = rank == 0
-    if size > 1 and getattr(config, "sync_bn", False):
+    if sync_bn:
         model = sync_batchnorm(model, device)  # same Parameter objects, synchronised statistics
     amp = uses_bf16(config.precision, device)
     optimizer = make_optimizer(param_groups if param_groups is not None else
