@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 __all__ = [
     "ConvlabError", "DatasetError", "ModelError", "CheckpointError", "ConfigError",
-    "TrainingError", "closest",
+    "TrainingError", "TrainingInterrupted", "DistributedError", "ForwardFailed", "closest",
+    "unknown",
 ]
 
 
@@ -36,6 +37,29 @@ class TrainingError(ConvlabError):
     """Training could not go on (for example the loss became NaN)."""
 
     exit_code = 3
+
+
+class TrainingInterrupted(ConvlabError):
+    """Ctrl-C during training; the last complete epoch is saved."""
+
+    exit_code = 130
+
+
+class DistributedError(ConvlabError):
+    """A process of a multi-process run failed; the others were stopped."""
+
+    exit_code = 3
+
+
+class ForwardFailed(RuntimeError):
+    """The forward pass raised inside `layer` (whose input had shape `input_shape`).
+
+    Not a ConvlabError: callers turn it into a ModelError with what they know of the
+    input (inspect says which input size would be valid)."""
+
+    def __init__(self, layer: str, layer_type: str, input_shape: tuple[int, ...], error: Exception):
+        super().__init__(f"{layer} ({layer_type}): {error}")
+        self.layer, self.layer_type, self.input_shape, self.error = layer, layer_type, input_shape, error
 
 
 def closest(name: str, choices: Iterable[str]) -> str:

@@ -34,8 +34,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["LayerStats", "ModelStats", "layer_stats", "KINDS", "COUNT_RULES", "layer_kind",
-           "ForwardFailed"]
+from ..errors import ForwardFailed
+
+__all__ = ["LayerStats", "ModelStats", "layer_stats", "KINDS", "COUNT_RULES", "layer_kind"]
 
 KINDS = ("conv", "linear", "norm", "pool", "other")
 
@@ -237,14 +238,6 @@ class ModelStats:
                   for c in ("units", "connections", "weights", "biases", "macs")),
                 calls=block.calls if block else 1))
         return out
-
-
-class ForwardFailed(RuntimeError):
-    """The forward pass raised inside `layer` (whose input had shape `input_shape`)."""
-
-    def __init__(self, layer: str, layer_type: str, input_shape: tuple[int, ...], error: Exception):
-        super().__init__(f"{layer} ({layer_type}): {error}")
-        self.layer, self.layer_type, self.input_shape, self.error = layer, layer_type, input_shape, error
 
 
 def _type_name(m: nn.Module) -> str:

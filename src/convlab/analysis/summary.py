@@ -8,7 +8,8 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..models import create_model, model_spec
-from .layers import ForwardFailed, ModelStats, layer_stats
+from ..errors import ForwardFailed
+from .layers import ModelStats, layer_stats
 
 __all__ = ["parse_input", "default_input", "default_classes", "model_stats", "ModelSummary",
            "compare_models", "imagenet_top1"]

@@ -25,22 +25,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError, ConvlabError
+from ..errors import ConfigError, DistributedError
 
 __all__ = ["world", "alone", "is_main", "all_reduce_sum", "local_rank", "launched_by_torchrun",
            "backend_for", "process_group", "main_first", "barrier", "broadcast_buffers",
            "broadcast_from_main", "gather_shares", "same_everywhere",
-           "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "GlobalBatchNorm", "torchrun_command",
-           "DistributedError"]
+           "peer_lost", "launch", "relaunch_with_torchrun", "sync_batchnorm", "GlobalBatchNorm", "torchrun_command"]
 
 # What torchrun exports to every process it starts.
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedError(ConvlabError):
-    """A process of a multi-process run failed; the others were stopped."""
-
-    exit_code = 3
 
 
 _alone = threading.local()

@@ -24,7 +24,7 @@ from .._runtime import cpu_has_bf16
 from ..checkpoint import MODEL_FILE, library_versions, load_train_state, read_meta, save_run
 from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
-from ..errors import CheckpointError, ConfigError, ConvlabError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..progress import progress
 from .distributed import (all_reduce_sum, broadcast_buffers, main_first, peer_lost,
                           same_everywhere, sync_batchnorm, world)
@@ -34,12 +34,6 @@ from .optim import make_loss, make_optimizer
 __all__ = ["fit", "EpochStats", "FitResult", "TrainState", "Callback", "TrainingInterrupted",
            "uses_channels_last", "channels_last_training", "relu_after_max_pool",
            "fused_bn_relu_pool", "training_layout"]
-
-
-class TrainingInterrupted(ConvlabError):
-    """Ctrl-C during training; the last complete epoch is saved."""
-
-    exit_code = 130
 
 
 @dataclass
