@@ -69,7 +69,7 @@ def main() -> None:
     import torch
 
     from convlab.embed import Embedder
-    from convlab.models.pretrained import pretrained_model
+    from convlab.models import pretrained_model
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 224, 224), dtype=torch.uint8, generator=gen)

@@ -28,7 +28,7 @@ def main() -> None:
     from convlab.checkpoint import save_run
     from convlab.embed import backbone_preprocess
     from convlab.export import OnnxModel, export_run
-    from convlab.models.pretrained import pretrained_model
+    from convlab.models import pretrained_model
 
     run_dir = tempfile.mkdtemp(prefix="onnx_speed-")
     model = pretrained_model("efficientnet_lite0", num_classes=3).eval()

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from convlab import ModelError, create_model
-from convlab.models.pretrained import (_bundled_lite0_state, classify_images, imagenet_classes,
-                                       load_bundled_lite0, load_weights_file, pretrained_model)
+from convlab.models import pretrained_model
+from convlab.models.pretrained import (_bundled_lite0_state, imagenet_classes, load_bundled_lite0,
+                                       load_weights_file)
+from convlab.predict import classify_images
 
 
 def _photo(name: str) -> torch.Tensor:

@@ -85,7 +85,7 @@ def test_finetune_run_keeps_frozen_weights_and_statistics(tmp_path):
     r = transfer(data, TransferConfig(strategy="finetune", unfreeze=1, image_size=48),
                  TrainConfig(epochs=1, batch_size=4, val_split=0.25), out=tmp_path / "ft",
                  verbose=False)
-    from convlab.models.pretrained import pretrained_model
+    from convlab.models import pretrained_model
     start = pretrained_model("efficientnet_lite0", num_classes=2)
     tuned = load_run(r.run_dir).model
     assert torch.equal(tuned.blocks[2][0].conv_pw.weight, start.blocks[2][0].conv_pw.weight)

@@ -9,7 +9,8 @@ from torch import nn
 from convlab.errors import ModelError
 from convlab.models import count_parameters, create_model, default_preprocess, list_models, model_spec
 from convlab.models.backbone import set_module
-from convlab.models.zoo import TinyYoloFace, torchvision_weights
+from convlab.models.pretrained import torchvision_weights
+from convlab.models.zoo import TinyYoloFace
 
 TORCHVISION = [n for n in list_models("zoo") if n not in ("efficientnet_lite0", "tiny_yolo_face")]
 # the list of architectures: all must be registered

@@ -1,33 +1,45 @@
-"""convlab: convolutional image classifiers on your own machine.
+"""convlab: convolutional networks on your own machine.
 
 Train from scratch, transfer-learn from an ImageNet backbone, look inside a network,
 and teach new classes from a webcam. The Python API mirrors the `convlab` CLI.
+
+Importing convlab is cheap and changes nothing in the process: the public names below
+are loaded on first use (PEP 562), so `convlab --version` never imports torch, and the
+speed settings (malloc tuning, thread counts) are turned on by the CLI and by training,
+not by the import.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-from ._runtime import tune_malloc
+from ._version import __version__
 
-tune_malloc()
+# public name -> the module that defines it (one visible table, no star imports)
+_API = {
+    "Run": "checkpoint", "load_run": "checkpoint", "save_run": "checkpoint",
+    "TrainConfig": "config",
+    "Batches": "data", "ImageSet": "data", "Preprocess": "data", "list_datasets": "data",
+    "load_dataset": "data",
+    "CheckpointError": "errors", "ConfigError": "errors", "ConvlabError": "errors",
+    "DatasetError": "errors", "ModelError": "errors", "TrainingError": "errors",
+    "count_parameters": "models", "create_model": "models", "list_models": "models",
+    "Prediction": "predict", "Predictor": "predict",
+    "Callback": "train", "EvalResult": "train", "evaluate": "train", "fit": "train",
+    "train": "train",
+    "lr_find": "train.lr_find", "gradcheck": "train.sanity", "overfit": "train.sanity",
+    "write_report": "figures.report",
+}
 
-from .checkpoint import Run, load_run, save_run  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .data import Batches, ImageSet, Preprocess, list_datasets, load_dataset  # noqa: E402
-from .errors import (CheckpointError, ConfigError, ConvlabError, DatasetError,  # noqa: E402
-                     ModelError, TrainingError)
-from .models import count_parameters, create_model, list_models  # noqa: E402
-from .predict import Prediction, Predictor  # noqa: E402
-from .train import Callback, EvalResult, evaluate, fit, train  # noqa: E402
-from .train.lr_find import lr_find  # noqa: E402
-from .train.sanity import gradcheck, overfit  # noqa: E402
-from .report import write_report  # noqa: E402
+__all__ = ["__version__", *_API]
 
-__all__ = [
-    "__version__", "Run", "load_run", "save_run", "TrainConfig", "Batches", "ImageSet",
-    "Preprocess", "list_datasets", "load_dataset", "CheckpointError", "ConfigError",
-    "ConvlabError", "DatasetError", "ModelError", "TrainingError", "count_parameters",
-    "create_model", "list_models", "Prediction", "Predictor", "Callback", "EvalResult",
-    "evaluate", "fit", "train",
-    "lr_find", "gradcheck", "overfit", "write_report",
-]
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'convlab' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

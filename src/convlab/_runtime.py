@@ -1,4 +1,5 @@
-"""Process-level speed settings, applied once when convlab is imported.
+"""Process-level speed settings, applied explicitly by the CLI and by training (never
+by `import convlab`).
 
 glibc's malloc returns large freed blocks to the OS and faults them back in on the
 next batch; on this workload that page-faulting cost 1.1-3.5x (DESIGN.md). Keeping

@@ -37,7 +37,7 @@ _COMPLETE = "COMPLETE"
 def library_versions() -> dict:
     import torchvision
 
-    from . import __version__
+    from ._version import __version__
     return {"convlab": __version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 

@@ -29,9 +29,9 @@ from .data import ImageSet, Preprocess
 from .data.sources import cache_root
 from .errors import ConfigError, DatasetError
 from .files import atomic_path
-from .models import default_preprocess, model_spec
+from .models import default_preprocess, model_spec, pretrained_model
 from .models.backbone import FeatureExtractor
-from .models.pretrained import pretrained_model, weights_id
+from .models.pretrained import weights_id
 from .progress import progress
 from .train.distributed import broadcast_from_main, gather_shares, world
 

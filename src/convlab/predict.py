@@ -9,9 +9,9 @@ import torch
 
 from .checkpoint import Run, load_run
 from .data import Preprocess, decode_image
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
-__all__ = ["Predictor", "Prediction", "BACKENDS"]
+__all__ = ["Predictor", "Prediction", "BACKENDS", "classify_images"]
 
 BACKENDS = ("torch", "onnx")
 
@@ -74,3 +74,25 @@ class Predictor:
             val, idx = probs.topk(k)
             out.append(Prediction(str(Path(p)), [self.classes[i] for i in idx.tolist()], val.tolist()))
         return out
+
+
+@torch.inference_mode()
+def classify_images(images: list[torch.Tensor] | torch.Tensor, model: str = "efficientnet_lite0", *,
+                    top: int = 5, weights: str | os.PathLike | None = None
+                    ) -> list[list[tuple[str, float]]]:
+    """Top-`top` ImageNet labels with probabilities for uint8 images (C, H, W) of any
+    size: the model's published preprocessing, its pretrained weights, names offline."""
+    from .models import default_preprocess, pretrained_model
+    from .models.pretrained import imagenet_classes
+
+    if top < 1:
+        raise ModelError(f"--top must be at least 1; got {top}")
+    net = pretrained_model(model, num_classes=1000, weights=weights).eval()
+    pre = default_preprocess(model, 3)[0]
+    names = imagenet_classes()
+    out = []
+    for img in images:
+        probs = net(pre(img[None])).float().softmax(1)[0]  # (1000,)
+        val, idx = probs.topk(min(top, len(names)))
+        out.append([(names[i], float(v)) for v, i in zip(val, idx.tolist())])
+    return out

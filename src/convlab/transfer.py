@@ -41,10 +41,9 @@ from ._runtime import one_thread
 from .files import atomic_write_bytes
 from .embed import Embedder, backbone_preprocess
 from .errors import CheckpointError, ConfigError, DatasetError
-from .models import create_model, model_spec
+from .models import create_model, model_spec, pretrained_model
 from .models.backbone import layer_groups
 from .models.heads import HEAD_KINDS, EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
-from .models.pretrained import pretrained_model
 from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",

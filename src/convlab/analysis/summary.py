@@ -77,7 +77,7 @@ def imagenet_top1(name: str) -> float | None:
     if model_spec(name).family != "zoo":
         return None
     try:
-        from ..models.zoo import torchvision_weights
+        from ..models.pretrained import torchvision_weights
 
         return float(torchvision_weights(name).meta["_metrics"]["ImageNet-1K"]["acc@1"])
     except (ValueError, KeyError, AttributeError):

@@ -18,7 +18,7 @@ COMMAND_MODULES = ["core", "inspect", "teach", "craft", "craft_train", "transfer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="convlab", description="Convolutional image classifiers: train, transfer, inspect, teach.")

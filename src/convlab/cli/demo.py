@@ -70,7 +70,7 @@ def step_transfer(out: Path) -> None:
     from PIL import Image
 
     from ..config import TrainConfig
-    from ..models.pretrained import classify_images
+    from ..predict import classify_images
     from ..predict import Predictor
     from ..transfer import TransferConfig, transfer
 

@@ -15,7 +15,7 @@ __all__ = ["register"]
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from ..data import decode_image
-    from ..models.pretrained import classify_images
+    from ..predict import classify_images
 
     images = [decode_image(p, 3) for p in args.images]
     for path, top in zip(args.images, classify_images(images, args.model, top=args.top,

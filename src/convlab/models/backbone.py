@@ -3,6 +3,13 @@ classifier, and its layers in groups from input to output (for freezing).
 
 Every ModelSpec names its final classifier layer (`head`, a dotted path); these helpers
 work from that, so one piece of code serves the lecture models and the zoo alike.
+
+The backbone interface (held for every registered model by tests/test_contract.py):
+
+    forward_features(model, head, x)      -> (N, D), D = the head's input width
+    reset_classifier(model, head, k)      -> the model, now giving (N, k) class scores
+    FeatureExtractor(model, head)(x)      -> (N, D), the same features as a module of its
+                                             own (the head replaced, so it exports to ONNX)
 """
 from __future__ import annotations
 
@@ -11,8 +18,8 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["get_module", "set_module", "FeatureExtractor", "reset_classifier", "layer_groups",
-           "layer_names"]
+__all__ = ["get_module", "set_module", "forward_features", "FeatureExtractor", "reset_classifier",
+           "layer_groups", "layer_names"]
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -35,6 +42,26 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 def layer_names(model: nn.Module) -> list[str]:
     """Dotted names of every submodule, in definition order."""
     return [n for n, _ in model.named_modules() if n]
+
+
+def forward_features(model: nn.Module, head: str, x: torch.Tensor) -> torch.Tensor:
+    """The pre-logit features of `model` for `x`: what the classifier at `head` reads.
+
+    Taken by a hook while the model runs, so the model is left as it is (FeatureExtractor,
+    by contrast, replaces the head). A 1x1-conv head reads a map, which is averaged over
+    space as the models with such a head do after it: (N, C, H, W) -> (N, C).
+    """
+    captured: list[torch.Tensor] = []
+    hook = get_module(model, head).register_forward_pre_hook(
+        lambda module, args: captured.append(args[0]))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    feats = captured[-1]
+    if feats.dim() == 4:
+        feats = feats.float().mean((2, 3))  # (N, C, H, W) -> (N, C)
+    return feats.flatten(1)
 
 
 class FeatureExtractor(nn.Module):
@@ -72,11 +99,22 @@ class FeatureExtractor(nn.Module):
 
 
 def reset_classifier(model: nn.Module, head: str, num_classes: int) -> nn.Module:
-    """Replace the final Linear at `head` with a new one for `num_classes` classes."""
+    """Replace the classifier at `head` with a new one for `num_classes` classes.
+
+    The classifier is a Linear layer, or a 1x1 Conv2d (SqueezeNet, TinyYOLOv2) whose
+    class maps the model averages over space; the new layer is of the same kind, on the
+    old one's device and dtype.
+    """
     old = get_module(model, head)
-    if not isinstance(old, nn.Linear):
-        raise ModelError(f"layer '{head}' is {type(old).__name__}, not a Linear classifier")
-    set_module(model, head, nn.Linear(old.in_features, num_classes))
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes)
+    elif isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1) and old.groups == 1:
+        new = nn.Conv2d(old.in_channels, num_classes, 1)
+    else:
+        raise ModelError(f"layer '{head}' is {type(old).__name__}, not a Linear or 1x1 Conv2d "
+                         f"classifier")
+    new.to(old.weight.device, old.weight.dtype)
+    set_module(model, head, new)
     return model
 
 

@@ -166,8 +166,7 @@ def load_features_model(head_file, meta: dict) -> FeaturesModel:
     from safetensors.torch import load_model
 
     from .backbone import FeatureExtractor
-    from .pretrained import pretrained_model
-    from .registry import model_spec
+    from .registry import model_spec, pretrained_model
 
     try:
         info = meta["backbone"]

@@ -22,8 +22,9 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["pretrained_model", "classify_images", "bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
-           "load_state_adapted", "imagenet_classes", "weights_id", "LITE0_HEAD"]
+__all__ = ["bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
+           "load_state_adapted", "imagenet_classes", "torchvision_weights", "download_by_name",
+           "weights_id", "LITE0_HEAD"]
 
 LITE0_HEAD = "classifier"  # timm tf_efficientnet_lite0's final Linear(1280, 1000)
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
@@ -179,6 +180,13 @@ def weights_id(path: str | os.PathLike | None) -> str:
     return f"{p.name}-{st.st_size}-{st.st_mtime_ns}-{head}"
 
 
+def torchvision_weights(name: str):
+    """torchvision's IMAGENET1K_V1 weights enum of a zoo model (metadata only; never downloads)."""
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name).IMAGENET1K_V1
+
+
 @lru_cache(maxsize=1)
 def imagenet_classes() -> list[str]:
     """The 1,000 ImageNet class names, from torchvision's weights metadata (offline)."""
@@ -190,7 +198,7 @@ def imagenet_classes() -> list[str]:
     return names
 
 
-def _download_by_name(model: nn.Module, name: str, head: str) -> None:
+def download_by_name(model: nn.Module, name: str, head: str) -> None:
     """Online: the published ImageNet weights through torchvision's own loader (which
     reads TORCH_HOME/hub/checkpoints first) or timm's; offline: a ModelError saying both ways."""
     how = (f"model '{name}' has no bundled weights; pass --weights FILE (a torchvision or timm "
@@ -198,7 +206,6 @@ def _download_by_name(model: nn.Module, name: str, head: str) -> None:
     if os.environ.get("CONVLAB_OFFLINE"):
         raise ModelError(how + " (CONVLAB_OFFLINE is set)")
     try:
-        from .zoo import torchvision_weights
         weights = torchvision_weights(name)
     except (ImportError, ValueError, KeyError, AttributeError):
         weights = None
@@ -212,46 +219,3 @@ def _download_by_name(model: nn.Module, name: str, head: str) -> None:
         raise ModelError(f"{how} (download failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     load_state_adapted(model, state, head=head, label=f"the published weights of {name}")
-
-
-def pretrained_model(name: str, num_classes: int | None = None, in_chans: int = 3, *,
-                     weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Registered model `name` with ImageNet weights: from `weights` (a state-dict file)
-    when given, else the bundled ones, else downloaded by name when online.
-
-    num_classes defaults to the published head (1000); another number keeps the
-    backbone and a freshly initialised classifier.
-    """
-    from .registry import create_model, model_spec
-
-    spec = model_spec(name)
-    num_classes = getattr(spec, "num_classes", 1000) if num_classes is None else num_classes
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if weights is not None:
-        load_weights_file(model, weights, head=spec.head)
-    elif spec.load_pretrained is not None:
-        spec.load_pretrained(model)
-    else:
-        _download_by_name(model, name, spec.head)
-    return model
-
-
-@torch.inference_mode()
-def classify_images(images: list[torch.Tensor] | torch.Tensor, model: str = "efficientnet_lite0", *,
-                    top: int = 5, weights: str | os.PathLike | None = None
-                    ) -> list[list[tuple[str, float]]]:
-    """Top-`top` ImageNet labels with probabilities for uint8 images (C, H, W) of any
-    size: the model's published preprocessing, its pretrained weights, names offline."""
-    from .registry import default_preprocess
-
-    if top < 1:
-        raise ModelError(f"--top must be at least 1; got {top}")
-    net = pretrained_model(model, num_classes=1000, weights=weights).eval()
-    pre = default_preprocess(model, 3)[0]
-    names = imagenet_classes()
-    out = []
-    for img in images:
-        probs = net(pre(img[None])).float().softmax(1)[0]  # (1000,)
-        val, idx = probs.topk(min(top, len(names)))
-        out.append([(names[i], float(v)) for v, i in zip(val, idx.tolist())])
-    return out

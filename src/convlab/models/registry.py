@@ -1,8 +1,8 @@
 """The model registry: one visible table of entries and one factory, `create_model`."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -10,37 +10,11 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import ModelError, unknown
 from . import lecture, recipe_models
+from .spec import ModelSpec
 from .zoo import zoo_specs
 
 __all__ = ["ModelSpec", "MODELS", "list_models", "model_spec", "create_model",
-           "default_preprocess", "count_parameters"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model: how to build it and what input it expects.
-
-    build(num_classes, in_chans, input_size, **kwargs) -> nn.Module. When
-    `flexible_size` is true the model is built for the data's image size (its layer
-    sizes follow from it); otherwise images are brought to `input_size` by `resize`.
-    """
-
-    name: str
-    build: Callable[..., nn.Module]
-    description: str
-    family: str = "lecture"
-    input_size: int = 28
-    min_input_size: int = 1
-    channels: int = 1
-    flexible_size: bool = False
-    resize: str = "resize"
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    load_pretrained: Callable[[nn.Module], None] | None = None
-    head: str = ""  # dotted path of the final classifier layer (e.g. "fc", "classifier.6")
-    interpolation: str = "bilinear"  # resize filter of the published preprocessing
-    crop_fraction: float = 0.875     # 'shorter_crop': crop / resized shorter side (224/256)
-    num_classes: int = 10            # classes of the published form (ImageNet: 1000)
+           "pretrained_model", "default_preprocess", "count_parameters"]
 
 
 def _lecture(cls: type[nn.Module], sized: bool = True) -> Callable[..., nn.Module]:
@@ -107,8 +81,22 @@ def create_model(name: str, num_classes: int = 10, in_chans: int | None = None,
         if spec.load_pretrained is None:
             raise ModelError(f"model '{name}' has no bundled pretrained weights; "
                              f"pass a weights file instead")
-        spec.load_pretrained(model)
+        spec.load_weights(model)
     return model
+
+
+def pretrained_model(name: str, num_classes: int | None = None, in_chans: int = 3, *,
+                     weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Registered model `name` with ImageNet weights: from `weights` (a state-dict file)
+    when given, else the bundled ones, else downloaded by name when online.
+
+    num_classes defaults to the published head (1000); another number keeps the
+    backbone and a freshly initialised classifier.
+    """
+    spec = model_spec(name)
+    num_classes = spec.num_classes if num_classes is None else num_classes
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return spec.load_weights(model, weights)
 
 
 def default_preprocess(name: str, in_chans: int | None = None,

@@ -13,8 +13,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .pretrained import load_bundled_lite0
+from .spec import ModelSpec
+
 __all__ = ["zoo_specs", "TinyYoloFace", "IMAGENET_MEAN", "IMAGENET_STD",
-           "torchvision_weights", "replace_first_conv"]
+           "replace_first_conv"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,13 +44,6 @@ def replace_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
     return model
 
 
-def torchvision_weights(name: str):
-    """torchvision's IMAGENET1K_V1 weights enum of a zoo model (metadata only; never downloads)."""
-    from torchvision.models import get_model_weights
-
-    return get_model_weights(name).IMAGENET1K_V1
-
-
 def _torchvision(name: str, **fixed) -> Callable[..., nn.Module]:
     def build(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Module:
         from torchvision.models import get_model
@@ -62,12 +58,6 @@ def _lite0(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Module:
 
     return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes,
                              in_chans=in_chans, **kw)
-
-
-def _lite0_pretrained(model: nn.Module) -> None:
-    from .pretrained import load_bundled_lite0
-
-    load_bundled_lite0(model)
 
 
 def _conv_bn(cin: int, cout: int, k: int, groups: int = 1) -> nn.Sequential:
@@ -118,9 +108,7 @@ def _tiny_yolo(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Mod
 
 
 def zoo_specs() -> list:
-    """The zoo's ModelSpecs (called by the registry, which defines ModelSpec)."""
-    from .registry import ModelSpec
-
+    """The zoo's ModelSpecs, for the registry's table."""
     def tv(name, description, head, min_size, input_size=224, interpolation="bilinear",
            crop_fraction=0.875, **fixed):
         return ModelSpec(name, _torchvision(name, **fixed), description, family="zoo",
@@ -162,7 +150,7 @@ def zoo_specs() -> list:
                   family="zoo", input_size=224, min_input_size=1, channels=3,
                   resize="shorter_crop", mean=LITE0_MEAN, std=LITE0_STD, head="classifier",
                   interpolation="bicubic", crop_fraction=0.875, num_classes=1000,
-                  load_pretrained=_lite0_pretrained),
+                  load_pretrained=load_bundled_lite0),
         ModelSpec("tiny_yolo_face", _tiny_yolo,
                   "the lecture's TinyYOLOv2 face net: depthwise-separable, 7x7x25 grid",
                   family="zoo", input_size=224, min_input_size=32, channels=3,

@@ -1,7 +1,8 @@
 """Training: the fit loop, losses and optimizers, exact metrics, and train()."""
 from .distributed import all_reduce_sum, is_main, world
 from ..errors import TrainingInterrupted
-from .loop import Callback, EpochStats, FitResult, TrainState, fit
+from .callbacks import Callback, EpochStats, FitResult, TrainState
+from .loop import fit
 from .metrics import EvalResult, evaluate, predict_logits
 from .optim import make_loss, make_optimizer
 from .run import TrainResult, prepare_data, resolve_device, train

@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,83 +20,21 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .. import kernels
-from .._runtime import cpu_has_bf16
+from .._runtime import cpu_has_bf16, tune_malloc
 from ..checkpoint import MODEL_FILE, library_versions, load_train_state, read_meta, save_run
 from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..progress import progress
+from .callbacks import Callback, EpochStats, FitResult, TrainState
 from .distributed import (all_reduce_sum, broadcast_buffers, main_first, peer_lost,
                           same_everywhere, sync_batchnorm, world)
 from .metrics import evaluate
 from .optim import make_loss, make_optimizer
 
-__all__ = ["fit", "EpochStats", "FitResult", "TrainState", "Callback", "TrainingInterrupted",
+__all__ = ["fit",
            "uses_channels_last", "channels_last_training", "relu_after_max_pool",
            "fused_bn_relu_pool", "training_layout"]
-
-
-@dataclass
-class EpochStats:
-    """What one epoch measured; one line of metrics.jsonl."""
-
-    epoch: int
-    loss: float
-    acc: float
-    val_loss: float | None
-    val_acc: float | None
-    lr: float
-    seconds: float
-    extra: dict = field(default_factory=dict)
-
-    def line(self, epochs: int) -> str:
-        """Keras's epoch line: 'Epoch 2/3 - loss: 0.1184 - acc: 0.9648 - ... - 4.1s'."""
-        parts = [f"Epoch {self.epoch}/{epochs}", f"loss: {self.loss:.4f}", f"acc: {self.acc:.4f}"]
-        if self.val_loss is not None:
-            parts += [f"val_loss: {self.val_loss:.4f}", f"val_acc: {self.val_acc:.4f}"]
-        parts += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
-                  for k, v in self.extra.items()]
-        parts.append(f"{self.seconds:.1f}s")
-        return " - ".join(parts)
-
-
-@dataclass
-class TrainState:
-    """What callbacks see and may change (set `stop` to end training after this epoch)."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    config: TrainConfig
-    epoch: int = 0              # 1-based once training starts
-    batch: int = 0              # batch index within the epoch
-    step: int = 0               # optimizer steps so far
-    steps_per_epoch: int = 0
-    loss: torch.Tensor | None = None
-    history: list[EpochStats] = field(default_factory=list)
-    stop: bool = False
-
-
-class Callback:
-    """Base class: override the events you need."""
-
-    def on_fit_start(self, state: TrainState) -> None: ...
-    def on_epoch_start(self, state: TrainState) -> None: ...
-    def on_batch_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState, stats: EpochStats) -> None: ...
-    def on_fit_end(self, state: TrainState) -> None: ...
-
-    def state_dict(self) -> dict:
-        """Saved with each checkpoint so a resumed run continues the same way."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-@dataclass
-class FitResult:
-    history: list[EpochStats]
-    epochs_run: int
-    stopped_early: bool = False
 
 
 def uses_channels_last(model: nn.Module) -> bool:
@@ -294,6 +232,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     TrainingInterrupted after keeping the last complete epoch; a NaN or infinite loss
     raises TrainingError naming the epoch and batch.
     """
+    tune_malloc()  # training's own process setting (DESIGN.md); importing convlab leaves malloc alone
     rank, size = world()
     device = torch.device(device)
     run_dir = Path(run_dir) if run_dir is not None else None

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from .loop import Callback, EpochStats, TrainState
+from .callbacks import Callback, EpochStats, TrainState
 from .schedules import LRSchedule
 
 __all__ = ["craft_callbacks", "L1Penalty", "MaxNorm", "DropoutRate", "EarlyStopping",

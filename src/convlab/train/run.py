@@ -15,7 +15,8 @@ from ..data import ImageSet, Preprocess, load_dataset
 from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models import create_model, default_preprocess, model_spec
 from .distributed import is_main, launched_by_torchrun, local_rank, main_first
-from .loop import Callback, EpochStats, fit
+from .callbacks import Callback, EpochStats
+from .loop import fit
 from .metrics import EvalResult, evaluate
 
 __all__ = ["train", "TrainResult", "resolve_device", "prepare_data", "model_for_data"]

@@ -24,7 +24,8 @@ from ..config import TrainConfig
 from ..data import ImageSet, Preprocess
 from ..errors import ConfigError, ModelError, TrainingError
 from ..progress import progress
-from .loop import Callback, fit
+from .callbacks import Callback
+from .loop import fit
 from .metrics import evaluate
 
 __all__ = ["OverfitResult", "overfit", "overfit_subset", "GradcheckResult", "TensorCheck",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..config import SCHEDULES, TrainConfig
-from .loop import Callback, EpochStats, TrainState
+from .callbacks import Callback, EpochStats, TrainState
 
 __all__ = ["SCHEDULES", "lr_factor", "LRSchedule", "schedule_curve"]
 

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
+from .._version import __version__
 from ..data.sources import cache_root
 from ..errors import ConfigError, ConvlabError, DatasetError, unknown
 from .learn import BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TrainOptions, export_project

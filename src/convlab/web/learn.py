@@ -322,7 +322,7 @@ class OnnxBackbone:
         from ..export import OnnxModel, export_run
         from ..models import model_spec
         from ..models.backbone import FeatureExtractor
-        from ..models.pretrained import pretrained_model
+        from ..models import pretrained_model
 
         if not self.path.exists():
             extractor = FeatureExtractor(pretrained_model(BACKBONE), model_spec(BACKBONE).head).eval()
