@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from convlab import DatasetError
-from convlab.data.sources import cache_root
+from convlab.files import cache_root
 from convlab.embed import Embedder, embed_images
 
 from conftest import make_imageset

@@ -7,7 +7,7 @@ import pytest
 
 from convlab import TrainConfig, fit
 from convlab.cli import build_parser
-from convlab.cli.core import train_config_from_args
+from convlab.cli.options import train_config_from_args
 from convlab.errors import ConfigError
 from convlab.models import create_model, default_preprocess
 from convlab.train.schedules import lr_factor, schedule_curve

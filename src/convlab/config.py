@@ -5,8 +5,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import ConfigError
 
-__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "LOSSES", "SCHEDULES", "INITS",
-           "NORMALIZE", "MONITORS", "PRECISIONS"]
+__all__ = ["TrainConfig", "AugmentConfig", "TransferConfig", "OPTIMIZERS", "LOSSES", "SCHEDULES",
+           "INITS", "NORMALIZE", "MONITORS", "PRECISIONS", "STRATEGIES", "HEAD_KINDS",
+           "EXPORT_FORMATS"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LOSSES = ("cross-entropy", "mse", "hinge")
@@ -15,6 +16,9 @@ INITS = ("default", "gaussian", "xavier", "kaiming")
 NORMALIZE = ("model", "channel", "image")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("features", "finetune", "full", "scratch")   # transfer learning
+HEAD_KINDS = ("linear", "mlp", "knn", "svm")               # heads on frozen features
+EXPORT_FORMATS = ("onnx", "torchscript")
 
 
 @dataclass(frozen=True)
@@ -177,3 +181,41 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """What a transfer run does beyond the training loop's TrainConfig; saved in meta.json."""
+
+    strategy: str = "features"          # features | finetune | full | scratch
+    backbone: str = "efficientnet_lite0"  # a registered model with pretrained weights
+    weights: str | None = None          # a state-dict file instead of the bundled weights
+    layer: str | None = None            # features: take this layer instead of the pre-logits
+    image_size: int | None = None       # input size (default the backbone's, 224)
+    head: str = "linear"                # features: linear | mlp | knn | svm
+    k: int = 5                          # knn: neighbours
+    hidden: tuple[int, ...] = (256,)    # mlp: hidden units (one or two layers)
+    dropout: float = 0.2                # mlp: dropout after each hidden layer
+    svm_c: float = 1.0                  # svm: inverse regularisation strength C
+    l2: float = 1e-3                    # linear/mlp: L2 penalty on the head's weights
+    unfreeze: int = 2                   # finetune: last blocks trained (0 = classifier only)
+    backbone_lr: float = 0.1            # finetune/full: backbone lr as a fraction of --lr
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy '{self.strategy}'; valid: {', '.join(STRATEGIES)}"
+                              f", or compare")
+        if self.head not in HEAD_KINDS:
+            raise ConfigError(f"unknown head '{self.head}'; valid: {', '.join(HEAD_KINDS)}")
+        if self.unfreeze < 0:
+            raise ConfigError(f"--unfreeze must be >= 0; got {self.unfreeze}")
+        if not 0 < self.backbone_lr <= 1:
+            raise ConfigError(f"--backbone-lr must be in (0, 1]; got {self.backbone_lr}")
+        if self.image_size is not None and self.image_size < 32:
+            raise ConfigError(f"--image-size must be at least 32; got {self.image_size}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        # the backbone name is checked against the model registry by transfer() itself
+
+    def head_options(self) -> dict:
+        return {"linear": {"l2": self.l2}, "svm": {"c": self.svm_c}, "knn": {"k": self.k},
+                "mlp": {"hidden": self.hidden, "dropout": self.dropout, "l2": self.l2}}[self.head]

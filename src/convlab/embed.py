@@ -26,9 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import ImageSet, Preprocess
-from .data.sources import cache_root
 from .errors import ConfigError, DatasetError
-from .files import atomic_path
+from .files import atomic_path, cache_root
 from .models import default_preprocess, model_spec, pretrained_model
 from .models.backbone import FeatureExtractor
 from .models.pretrained import weights_id

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from .checkpoint import Run, load_run, read_meta
+from .config import EXPORT_FORMATS
 from .data import Preprocess
 from .errors import CheckpointError, ConfigError, ModelError
 from .files import atomic_path
 
 __all__ = ["FORMATS", "EXPORT_FILES", "ExportResult", "export_run", "OnnxModel", "PARITY_TOLERANCE"]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = EXPORT_FORMATS  # onnx, torchscript
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 PARITY_TOLERANCE = 1e-4
 

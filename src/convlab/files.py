@@ -1,4 +1,5 @@
-"""Writing files so readers see the old file or the whole new one, never a part."""
+"""Where convlab keeps derived files (the cache folder), and writing files so readers
+see the old file or the whole new one, never a part."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +7,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes"]
+__all__ = ["cache_root", "atomic_path", "atomic_write_bytes"]
+
+
+def cache_root() -> Path:
+    """~/.cache/convlab (or $XDG_CACHE_HOME/convlab): datasets, embeddings, ONNX files."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "convlab"
 
 
 @contextlib.contextmanager

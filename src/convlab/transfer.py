@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import META_FILE, library_versions, save_run
-from .config import TrainConfig
+from .config import STRATEGIES, TrainConfig, TransferConfig
 from .data import ImageSet, Preprocess, dataset_spec, list_datasets, load_dataset
 from ._runtime import one_thread
 from .files import atomic_write_bytes
@@ -43,52 +43,11 @@ from .embed import Embedder, backbone_preprocess
 from .errors import CheckpointError, ConfigError, DatasetError
 from .models import create_model, model_spec, pretrained_model
 from .models.backbone import layer_groups
-from .models.heads import HEAD_KINDS, EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
+from .models.heads import EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
 from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",
            "save_features_run", "transfer", "compare", "FreezeBatchNorm", "advice"]
-
-STRATEGIES = ("features", "finetune", "full", "scratch")
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """What a transfer run does beyond the training loop's TrainConfig; saved in meta.json."""
-
-    strategy: str = "features"          # features | finetune | full | scratch
-    backbone: str = "efficientnet_lite0"  # a registered model with pretrained weights
-    weights: str | None = None          # a state-dict file instead of the bundled weights
-    layer: str | None = None            # features: take this layer instead of the pre-logits
-    image_size: int | None = None       # input size (default the backbone's, 224)
-    head: str = "linear"                # features: linear | mlp | knn | svm
-    k: int = 5                          # knn: neighbours
-    hidden: tuple[int, ...] = (256,)    # mlp: hidden units (one or two layers)
-    dropout: float = 0.2                # mlp: dropout after each hidden layer
-    svm_c: float = 1.0                  # svm: inverse regularisation strength C
-    l2: float = 1e-3                    # linear/mlp: L2 penalty on the head's weights
-    unfreeze: int = 2                   # finetune: last blocks trained (0 = classifier only)
-    backbone_lr: float = 0.1            # finetune/full: backbone lr as a fraction of --lr
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy '{self.strategy}'; valid: {', '.join(STRATEGIES)}"
-                              f", or compare")
-        if self.head not in HEAD_KINDS:
-            raise ConfigError(f"unknown head '{self.head}'; valid: {', '.join(HEAD_KINDS)}")
-        if self.unfreeze < 0:
-            raise ConfigError(f"--unfreeze must be >= 0; got {self.unfreeze}")
-        if not 0 < self.backbone_lr <= 1:
-            raise ConfigError(f"--backbone-lr must be in (0, 1]; got {self.backbone_lr}")
-        if self.image_size is not None and self.image_size < 32:
-            raise ConfigError(f"--image-size must be at least 32; got {self.image_size}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        model_spec(self.backbone)  # unknown names fail here, with the valid ones
-
-    def head_options(self) -> dict:
-        return {"linear": {"l2": self.l2}, "svm": {"c": self.svm_c}, "knn": {"k": self.k},
-                "mlp": {"hidden": self.hidden, "dropout": self.dropout, "l2": self.l2}}[self.head]
-
 
 # ------------------------------------------------------------------ heads on embeddings
 
@@ -452,6 +411,7 @@ def transfer(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Trans
     per class before the split. `augment` (float 0..1 batch -> batch) is used by
     finetune/full/scratch.
     """
+    model_spec(tcfg.backbone)  # an unknown backbone fails before anything is loaded
     out = Path(out) if out is not None else None
     _prepare_out(out, overwrite)
     train, val, test = _split if _split is not None else _load_split(dataset, train_cfg, tcfg, few_shot)
@@ -517,6 +477,7 @@ def compare(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Transf
             log: Callable[[str], None] = print) -> CompareResult:
     """Run `strategies` on one stratified split; each writes out/STRATEGY. Returns the
     table's rows, the lecture's advice for this data and the strategy that won here."""
+    model_spec(tcfg.backbone)  # an unknown backbone fails before anything is loaded
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown strategy '{unknown[0]}'; valid: {', '.join(STRATEGIES)}")

@@ -5,10 +5,11 @@ their own step to the list.
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
-__all__ = ["run_demo", "DEMO_STEPS"]
+__all__ = ["register", "run_demo", "DEMO_STEPS"]
 
 
 def _banner(text: str) -> None:
@@ -47,7 +48,7 @@ def step_train(out: Path) -> None:
 def step_inspect(out: Path) -> None:
     """Where AlexNet's units, connections and weights are; the demo run's learned kernels."""
     from ..analysis import model_stats
-    from ..analysis.figures import save_kernels
+    from ..figures.learned import save_kernels
     from ..checkpoint import load_run
     from ..tables import render_table
     from .inspect import share_table
@@ -70,8 +71,7 @@ def step_transfer(out: Path) -> None:
     from PIL import Image
 
     from ..config import TrainConfig
-    from ..predict import classify_images
-    from ..predict import Predictor
+    from ..predict import Predictor, classify_images
     from ..transfer import TransferConfig, transfer
 
     _banner("convlab classify coffee.png (bundled EfficientNet-Lite0, ImageNet, offline)")
@@ -102,3 +102,13 @@ def run_demo(out: Path) -> int:
         step(out)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.out))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job on the bundled data (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes its runs")
+    p.set_defaults(run=cmd_demo)

@@ -242,7 +242,7 @@ def _show_image(args, pre, dataset: str | None):
 def cmd_show(args: argparse.Namespace) -> int:
     import torch
 
-    from ..analysis.figures import save_feature_maps, save_kernels, save_templates
+    from ..figures.learned import save_feature_maps, save_kernels, save_templates
     from ..analysis.learned import conv_layers
 
     model, label, pre, classes, dataset = _load_target(args.target, args.pretrained, args.classes)

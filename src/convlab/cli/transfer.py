@@ -1,14 +1,14 @@
-"""Transfer commands: classify, embed, transfer, export."""
+"""Pretrained ImageNet backbones: classify, embed, transfer (features, finetune, full,
+scratch, compare)."""
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
+from ..config import HEAD_KINDS, STRATEGIES, TransferConfig
 from ..tables import render_table
-from ..train.distributed import torchrun_command
-from .core import add_train_options, train_config_from_args
+from .options import DATA_HELP, add_train_options, train_config_from_args
 
 __all__ = ["register"]
 
@@ -62,8 +62,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _transfer_config(args: argparse.Namespace, strategy: str):
-    from ..transfer import TransferConfig
-
     return TransferConfig(strategy=strategy, backbone=args.backbone, weights=args.weights,
                           layer=args.layer, image_size=args.image_size, head=args.head, k=args.k,
                           hidden=tuple(args.hidden), dropout=args.head_dropout, svm_c=args.svm_c,
@@ -115,19 +113,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_run
-
-    t0 = time.perf_counter()
-    r = export_run(args.run_dir, args.format, out=args.out)
-    print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB, {args.format}) in {time.perf_counter() - t0:.1f}s; "
-          f"parity with torch: max abs difference {r.max_abs_diff:.1e} in probabilities "
-          f"({r.max_logit_diff:.1e} in logits), same top-1: {'yes' if r.same_top1 else 'no'}")
-    if args.format == "onnx":
-        print(f"predict with ONNX Runtime: convlab predict {args.run_dir} IMAGE... --backend onnx")
-    return 0
-
-
 def _backbone_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="pretrained backbone (default efficientnet_lite0, bundled ImageNet weights)")
@@ -140,11 +125,6 @@ def _backbone_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..data import list_datasets
-    from ..export import FORMATS
-    from ..models.heads import HEAD_KINDS
-    from ..transfer import STRATEGIES, TransferConfig
-
     d = TransferConfig()
     p = sub.add_parser("classify", help="top-5 ImageNet labels of photos with a pretrained model",
                        description="Classify image files with a pretrained ImageNet model "
@@ -159,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Embed a dataset's images with a frozen pretrained backbone: the "
                        "last hidden layer (or --layer) as vectors, batched, cached on disk by image "
                        "content, so a second run computes nothing.")
-    p.add_argument("dataset", help=f"{', '.join(list_datasets())}, or a folder of class subfolders")
+    p.add_argument("dataset", help=DATA_HELP)
     _backbone_options(p)
     p.add_argument("--split", default="train", choices=("train", "test"), help="split (default train)")
     p.add_argument("--limit", type=int, help="only the first N images")
@@ -169,7 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine (torchrun); each embeds a share (default 1)")
-    p.set_defaults(run=torchrun_command(cmd_embed))
+    p.set_defaults(run=cmd_embed, torchrun=True)
 
     p = sub.add_parser("transfer", help="transfer learning: features, finetune, full, scratch, compare",
                        description="Train a classifier for your classes from a pretrained ImageNet "
@@ -177,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "new classifier, last --unfreeze blocks trained at a lower rate, frozen "
                        "BatchNorm in eval mode; full: all layers from the pretrained start; scratch: "
                        "random weights (baseline); compare: all four on one split, with advice.")
-    p.add_argument("dataset", help=f"{', '.join(list_datasets())}, or a folder of class subfolders")
+    p.add_argument("dataset", help=DATA_HELP)
     p.add_argument("--strategy", required=True, choices=(*STRATEGIES, "compare"), help="what to train")
     p.add_argument("--strategies", help="compare only these, comma-separated (default all four)")
     _backbone_options(p)
@@ -200,13 +180,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/STRATEGY-BACKBONE-DATA; compare: runs/compare-DATA)")
     p.add_argument("--overwrite", action="store_true", help="replace existing runs in --out")
     add_train_options(p)
-    p.set_defaults(run=torchrun_command(cmd_transfer), batch_size=32, val_split=0.2)
-
-    p = sub.add_parser("export", help="write a run as ONNX or TorchScript, checked against torch",
-                       description="Export a run's model with its classes and preprocessing inside; "
-                       "a parity check against eager torch (max abs difference < 1e-4, same top-1) "
-                       "runs first and nothing is written if it fails.")
-    p.add_argument("run_dir", metavar="run", help="run directory")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or torchscript")
-    p.add_argument("--out", help="output file (default RUN/model.onnx or RUN/model.torchscript.pt)")
-    p.set_defaults(run=cmd_export)
+    p.set_defaults(run=cmd_transfer, torchrun=True, batch_size=32, val_split=0.2)

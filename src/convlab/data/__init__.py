@@ -1,11 +1,35 @@
-"""Data: sources -> ImageSet -> Batches."""
-from .batches import Batches, epoch_permutation
-from .images import decode_image, pil_to_tensor, resize_images, to_channels
-from .imageset import ImageSet
-from .preprocess import Preprocess
-from .registry import DATASETS, dataset_spec, list_datasets, load_dataset
-from .sources import load_folder
+"""Data: ImageSet (uint8 images + labels + class names), the named datasets and
+folders, preprocessing, batches and augmentation.
 
-__all__ = ["Batches", "epoch_permutation", "decode_image", "pil_to_tensor", "resize_images",
-           "to_channels", "ImageSet", "Preprocess", "DATASETS", "dataset_spec", "list_datasets",
-           "load_dataset", "load_folder"]
+Names load on first use (PEP 562), so that listing the datasets (`convlab datasets`)
+does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+# public name -> the submodule that defines it
+_API = {
+    "Batches": "batches", "epoch_permutation": "batches",
+    "decode_image": "images", "pil_to_tensor": "images", "resize_images": "images",
+    "to_channels": "images",
+    "ImageSet": "imageset",
+    "Preprocess": "preprocess",
+    "DATASETS": "registry", "dataset_spec": "registry", "list_datasets": "registry",
+    "load_dataset": "registry",
+    "load_folder": "sources",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'convlab.data' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

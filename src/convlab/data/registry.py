@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DatasetError, unknown
-from .imageset import ImageSet
-from .sources import cache_root, load_folder, read_cifar_archive, read_idx
+from ..files import cache_root
 
 __all__ = ["DatasetSpec", "DATASETS", "list_datasets", "load_dataset", "dataset_spec"]
 
@@ -82,6 +80,8 @@ def _idx_reader(folder: str, system: str | None, tv_class_name: str, how: Callab
     locate = _locate_idx(folder, system)
 
     def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        from .sources import read_idx
+
         d = locate()
         if d is None:
             if os.environ.get("CONVLAB_OFFLINE"):
@@ -152,6 +152,8 @@ def _cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
             raise DatasetError(f"dataset 'cifar10' not found and the download failed ({exc}); "
                                f"{how()}") from None
         path = dest / CIFAR10.filename
+    from .sources import read_cifar_archive
+
     members = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     return read_cifar_archive(path, members)
 
@@ -206,7 +208,11 @@ def load_dataset(name: str | os.PathLike, split: str = "train", *, channels: int
     `channels` converts to 1 or 3 channels; `size` resizes (folders default to 64 px
     when `size` is None and keep their colour unless `channels` says otherwise).
     """
+    import torch
+
     from .images import resize_images, to_channels
+    from .imageset import ImageSet
+    from .sources import load_folder
 
     text = os.fspath(name)
     if text not in DATASETS and (os.sep in text or Path(text).is_dir()):

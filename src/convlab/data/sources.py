@@ -16,19 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import DatasetError
-from ..files import atomic_path, atomic_write_bytes
+from ..files import atomic_path, atomic_write_bytes, cache_root
 from .imageset import ImageSet
 from .images import IMAGE_SUFFIXES, decode_image, resize_images
 
-__all__ = ["read_idx", "read_cifar_batch", "load_folder", "cache_root"]
+__all__ = ["read_idx", "read_cifar_batch", "load_folder"]
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def cache_root() -> Path:
-    """~/.cache/convlab (or $XDG_CACHE_HOME/convlab)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "convlab"
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import HEAD_KINDS
 from ..errors import CheckpointError, ConfigError
 
 __all__ = ["HEAD_KINDS", "EmbeddingHead", "LinearHead", "MLPHead", "KNNHead", "SVMHead",
            "build_head", "FeaturesModel", "load_features_model"]
-
-HEAD_KINDS = ("linear", "mlp", "knn", "svm")
 
 
 class EmbeddingHead(nn.Module):

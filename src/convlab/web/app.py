@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
-from ..data.sources import cache_root
+from ..files import cache_root
 from ..errors import ConfigError, ConvlabError, DatasetError, unknown
 from .learn import BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TrainOptions, export_project
 from .security import Guard

@@ -1,4 +1,5 @@
-"""Training-craft commands: lr-find, overfit, gradcheck, report."""
+"""Checks before a long run: lr-find (the learning-rate range test), overfit (can the
+model memorise a few images?) and gradcheck (autograd against finite differences)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from ..config import LOSSES, OPTIMIZERS, PRECISIONS, TrainConfig
 from ..tables import render_table
+from .options import DATA_HELP, MODEL_HELP
 
 __all__ = ["register"]
 
@@ -24,7 +26,7 @@ def _load_for_model(args: argparse.Namespace, config: TrainConfig):
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from ..plots import plot_lr_find
+    from ..figures.plots import plot_lr_find
     from ..train import resolve_device
     from ..train.lr_find import lr_find
 
@@ -137,22 +139,10 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import write_report
-    from ..train import resolve_device
-
-    path = write_report(args.run_dir, device=resolve_device(args.device), refresh=args.refresh)
-    print(f"report written to {path} ({path.stat().st_size / 1024:,.0f} KiB, self-contained)")
-    return 0
-
-
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     """DATA --model M and how the images are read (lr-find, overfit)."""
-    from ..data import list_datasets
-    from ..models import list_models
-
-    p.add_argument("dataset", help=f"{', '.join(list_datasets())}, or a folder of class subfolders")
-    p.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    p.add_argument("dataset", help=DATA_HELP)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
     p.add_argument("--image-size", type=int, help="resize images to this many pixels square")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -160,8 +150,6 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..models import list_models
-
     d = TrainConfig()
     p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest one",
                        description="Train for --steps mini-batches while the learning rate grows "
@@ -199,7 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "in float64 on a small random input, per parameter tensor (and the input). "
                        "From Python, convlab.gradcheck(module, input) checks any nn.Module. Exit "
                        "code 1 when the check fails.")
-    p.add_argument("model", help=f"one of: {', '.join(list_models())}")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--input-size", type=int, help="input height = width (default: small for the model)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="input channels (default: the model's)")
     p.add_argument("--classes", type=int, default=3, help="classes of the model (default 3)")
@@ -216,13 +204,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the weights, input and samples")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(run=cmd_gradcheck)
-
-    p = sub.add_parser("report", help="write RUN/report.html: config, metrics, plots, environment",
-                       description="Write a self-contained HTML report of a run directory (plots "
-                       "embedded, no links out): training curves, per-epoch metrics, per-class "
-                       "accuracy, confusion matrix, most confidently wrong images, configuration, "
-                       "environment. Makes the plots first when they are missing or stale.")
-    p.add_argument("run_dir", metavar="RUN", help="run directory")
-    p.add_argument("--refresh", action="store_true", help="remake the plots even when up to date")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.set_defaults(run=cmd_report)

@@ -1,0 +1,27 @@
+"""`convlab report`: a run's self-contained HTML report."""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..figures.report import write_report
+    from ..train import resolve_device
+
+    path = write_report(args.run_dir, device=resolve_device(args.device), refresh=args.refresh)
+    print(f"report written to {path} ({path.stat().st_size / 1024:,.0f} KiB, self-contained)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write RUN/report.html: config, metrics, plots, environment",
+                       description="Write a self-contained HTML report of a run directory (plots "
+                       "embedded, no links out): training curves, per-epoch metrics, per-class "
+                       "accuracy, confusion matrix, most confidently wrong images, configuration, "
+                       "environment. Makes the plots first when they are missing or stale.")
+    p.add_argument("run_dir", metavar="RUN", help="run directory")
+    p.add_argument("--refresh", action="store_true", help="remake the plots even when up to date")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.set_defaults(run=cmd_report)

@@ -1,0 +1,108 @@
+"""Training from scratch and using the result: train, evaluate, predict."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import CheckpointError, DatasetError
+from ..recipes import RECIPES
+from .options import (DATA_HELP, MODEL_HELP, add_train_options, model_from_args, print_eval,
+                      train_config_from_args)
+
+__all__ = ["register"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import train
+
+    args.model = model_from_args(args)  # --model, or the --recipe's model
+    cfg = train_config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{Path(args.dataset).name}"
+    result = train(args.dataset, args.model, cfg, out=out, resume=args.resume,
+                   overwrite=args.overwrite, device=args.device, channels=args.channels,
+                   image_size=args.image_size, strict=args.strict)
+    if result.test is not None:
+        print(f"test: top-1 accuracy {result.test.top1:.4f}, top-5 accuracy {result.test.top5:.4f} "
+              f"({result.test.n:,} images)")
+    from ..train import is_main, resolve_device
+    if is_main():  # curves, confusion matrix (PNG + JSON counts), most confident mistakes
+        from ..report import write_run_plots
+        from ..train.distributed import alone
+        with alone():  # the other ranks do not join this evaluation
+            written = write_run_plots(out, device=resolve_device(args.device))
+        print(f"plots: {', '.join(p.name for p in written.values())} (convlab report {out} "
+              f"puts them in one page)")
+    print(f"run saved in {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_run
+    from ..data import dataset_spec, list_datasets, load_dataset
+    from ..train import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, device)
+    name = args.dataset or run.meta.get("dataset", {}).get("name")
+    if not name:
+        raise DatasetError(f"{args.run_dir}: the run does not name its dataset; give one: "
+                           f"convlab evaluate RUN DATASET")
+    split = args.split or ("test" if name in list_datasets() and "test" in dataset_spec(name).sizes
+                           else "train")
+    pre = run.preprocess
+    data = load_dataset(name, split, channels=pre.channels,
+                        size=None if name in list_datasets() else pre.size[0])
+    if list(data.classes) != run.classes:
+        raise CheckpointError(f"the run's classes {run.classes} differ from the dataset's "
+                              f"{list(data.classes)}; evaluate on data with the same classes")
+    result = evaluate(run.model, data, pre, device=device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_eval(result, f"{name} ({split})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..predict import Predictor
+
+    predictor = Predictor(args.run_dir, backend=args.backend)
+    for p in predictor.predict_files(args.images, top=args.top):
+        print(p)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from scratch on a dataset or a folder",
+                       description="Train a registered model with the lecture's recipe: model, "
+                       "batches, loss criterion, optimizer. Saves a run directory every epoch.")
+    p.add_argument("dataset", help=DATA_HELP)
+    p.add_argument("--model", help=MODEL_HELP + " (or give --recipe)")
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="start from a named recipe (model, schedule, regularisation, "
+                        "augmentation; see: convlab recipes); options you set override it")
+    p.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
+    p.add_argument("--image-size", type=int, help="resize images to this many pixels square")
+    p.add_argument("--strict", action="store_true", help="unreadable files in a folder are an error")
+    add_train_options(p)
+    p.set_defaults(run=cmd_train, torchrun=True)
+
+    p = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a run")
+    p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
+    p.add_argument("dataset", nargs="?", help="dataset name or folder (default: the run's own)")
+    p.add_argument("--split", choices=("train", "test"), help="split (default test where there is one)")
+    p.add_argument("--json", action="store_true", help="print the full result (with confusion matrix) as JSON")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="class probabilities for image files")
+    p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
+    p.add_argument("images", nargs="+", help="image files (any mode and size)")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch, or onnx: ONNX Runtime on RUN/model.onnx (convlab export RUN first)")
+    p.set_defaults(run=cmd_predict)
