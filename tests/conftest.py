@@ -1,5 +1,8 @@
-"""Shared test fixtures: small data made in the test, and an isolated cache."""
+"""Shared test fixtures: small data made in the test, an isolated cache, golden files."""
 from __future__ import annotations
+
+import difflib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +10,41 @@ import torch
 from PIL import Image
 
 from convlab.data import ImageSet
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden files in tests/golden/ from today's output "
+                          "instead of comparing with them")
+
+
+@pytest.fixture
+def golden(request):
+    """check(name, text): text must equal tests/golden/<name> exactly (as torchinfo's
+    golden tests do); with `pytest --update-golden` the file is rewritten instead."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        command = f"pytest '{request.node.nodeid}' --update-golden"
+        if update:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text)
+            return
+        if not path.exists():
+            pytest.fail(f"no golden file tests/golden/{name}; write it with: {command}",
+                        pytrace=False)
+        expected = path.read_text()
+        if text != expected:
+            diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                                f"tests/golden/{name}", "today's output"))
+            pytest.fail(f"output differs from tests/golden/{name}:\n{diff}\n"
+                        f"if the change is intended, rewrite the file with: {command}",
+                        pytrace=False)
+
+    return check
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from convlab.analysis.conv_cost import bottleneck_costs, conv_cost, separable_co
 from convlab.cli import main
 from convlab.errors import ConfigError
 from convlab.models import create_model
+
+from conftest import GOLDEN
 
 
 def _only(stats, kind):
@@ -198,3 +201,63 @@ def test_conv_cost_lecture_examples(capsys):
     out = capsys.readouterr().out
     assert str(56 * 56 * 3 * 3 * 64 * 128) in out and str(56 * 56 * 9 * 64 + 56 * 56 * 64 * 128) in out
     assert main(["conv-cost", "--in", "10", "--out", "4", "--kernel", "0"]) == 2
+
+
+# `convlab inspect` output kept whole in tests/golden/ (pytest --update-golden rewrites it)
+GOLDEN_TABLES = {
+    "inspect_mnist_cnn.txt": ["mnist_cnn"],
+    "inspect_lenet5.txt": ["lenet5"],
+    "inspect_resnet18.txt": ["resnet18"],
+    "inspect_mobilenet_v2_depth2.txt": ["mobilenet_v2", "--depth", "2"],
+    "inspect_tiny_yolo_face_depth1.md": ["tiny_yolo_face", "--depth", "1", "--format", "markdown"],
+}
+
+
+@pytest.mark.parametrize("name", GOLDEN_TABLES)
+def test_tables_equal_the_golden_files(name, golden, capsys):
+    assert main(["inspect", *GOLDEN_TABLES[name]]) == 0
+    golden(name, capsys.readouterr().out)
+
+
+def _table_rows(text: str) -> dict[str, dict[str, str]]:
+    """The per-layer table of `convlab inspect` text output: {layer: {column: cell}}."""
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("layer "))
+    spans = [m.span() for m in re.finditer(r"-+", lines[top + 1])]
+    columns = [lines[top][a:b].strip() for a, b in spans]
+    rows = {}
+    for line in lines[top + 2:]:
+        if not line.strip():
+            break
+        cells = [line[a:b].strip() for a, b in spans]
+        rows[cells[0]] = dict(zip(columns, cells))
+    return rows
+
+
+def _n(cell: str) -> int:
+    return int(cell.replace(",", ""))
+
+
+def test_golden_tables_hold_numbers_worked_by_hand():
+    rows = _table_rows((GOLDEN / "inspect_mnist_cnn.txt").read_text())
+    conv, pool, linear = rows["network1.0"], rows["network1.3"], rows["network2"]
+    assert conv["output"] == "32x28x28" and _n(conv["units"]) == 28 * 28 * 32
+    assert _n(conv["weights"]) + _n(conv["biases"]) == 5 * 5 * 1 * 32 + 32
+    assert _n(conv["connections"]) == _n(conv["MACs"]) == 28 * 28 * 5 * 5 * 1 * 32
+    assert pool["output"] == "32x14x14" and _n(pool["connections"]) == 14 * 14 * 32 * 2 * 2
+    assert _n(linear["weights"]) == 32 * 14 * 14 * 10 and _n(linear["biases"]) == 10
+    assert "parameters 63,626 " in (GOLDEN / "inspect_mnist_cnn.txt").read_text()
+
+    rows = _table_rows((GOLDEN / "inspect_lenet5.txt").read_text())
+    c1 = next(r for r in rows.values() if r["type"] == "Conv2d")
+    assert _n(c1["weights"]) + _n(c1["biases"]) == 5 * 5 * 1 * 6 + 6 == 156   # LeNet-5's C1
+    rows = _table_rows((GOLDEN / "inspect_resnet18.txt").read_text())
+    assert rows["conv1"]["output"] == "64x112x112" and _n(rows["conv1"]["weights"]) == 7 * 7 * 3 * 64
+    assert _n(rows["fc"]["weights"]) == 512 * 1000 and _n(rows["fc"]["biases"]) == 1000
+
+    # every table: the layer rows add up to the printed totals, column by column
+    for path in GOLDEN.glob("inspect_*.txt"):
+        rows = _table_rows(path.read_text())
+        total = rows.pop("total")
+        for col in ("units", "connections", "weights", "biases", "MACs"):
+            assert sum(_n(r[col]) for r in rows.values()) == _n(total[col]), (path.name, col)
