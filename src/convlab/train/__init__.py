@@ -4,7 +4,8 @@ from ..errors import TrainingInterrupted
 from .callbacks import Callback, EpochStats, FitResult, TrainState
 from .loop import fit
 from .metrics import EvalResult, evaluate, predict_logits
-from .optim import make_loss, make_optimizer
+from ..tasks import make_loss
+from .optim import make_optimizer
 from .run import TrainResult, prepare_data, resolve_device, train
 
 __all__ = ["all_reduce_sum", "is_main", "world", "Callback", "EpochStats", "FitResult",

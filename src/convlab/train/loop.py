@@ -26,11 +26,12 @@ from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..progress import progress
+from ..tasks import CLASSIFICATION, Task
 from .callbacks import Callback, EpochStats, FitResult, TrainState
 from .distributed import (all_reduce_sum, broadcast_buffers, main_first, peer_lost,
                           same_everywhere, sync_batchnorm, world)
 from .metrics import evaluate
-from .optim import make_loss, make_optimizer
+from .optim import make_optimizer
 
 __all__ = ["fit",
            "uses_channels_last", "channels_last_training", "relu_after_max_pool",
@@ -222,9 +223,12 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
         config: TrainConfig, preprocess: Preprocess, run_dir: str | Path | None = None,
         meta: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
         device: str | torch.device = "cpu", augment: Callable | None = None,
-        param_groups: list[dict] | None = None, verbose: bool = True,
-        log: Callable[[str], None] = print) -> FitResult:
+        param_groups: list[dict] | None = None, task: Task = CLASSIFICATION,
+        verbose: bool = True, log: Callable[[str], None] = print) -> FitResult:
     """Train `model` on `train`, validating on `val` after each epoch.
+
+    The task (classification unless given) supplies the loss and the metrics; the
+    data's targets are checked against it before the first step.
 
     With `run_dir`, every epoch is saved atomically (weights, meta.json with `meta`
     merged in, optimizer and RNG state), and `resume=True` continues from the last
@@ -242,12 +246,13 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     with training_layout(model, config.channels_last, fuse=not sync_bn) as channels_last:
         return _fit(model, train, val, config=config, preprocess=preprocess, run_dir=run_dir,
                     meta=meta, resume=resume, callbacks=callbacks, device=device,
-                    augment=augment, param_groups=param_groups, verbose=verbose, log=log,
+                    augment=augment, param_groups=param_groups, task=task, verbose=verbose, log=log,
                     channels_last=channels_last, rank=rank, size=size, sync_bn=sync_bn)
 
 
 def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callbacks, device,
-         augment, param_groups, verbose, log, channels_last, rank, size, sync_bn) -> FitResult:
+         augment, param_groups, task, verbose, log, channels_last, rank, size,
+         sync_bn) -> FitResult:
     from torch.nn.parallel import DistributedDataParallel
 
     main = rank == 0
@@ -256,7 +261,8 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     amp = uses_bf16(config.precision, device)
     optimizer = make_optimizer(param_groups if param_groups is not None else
                                [p for p in model.parameters() if p.requires_grad], config)
-    loss_fn = make_loss(config)
+    task.check_targets(train.labels, train.num_classes, train.name)
+    loss_fn = task.loss(config)
     # the craft the config asks for (schedule, regularisers, init, augmentation), checked here
     from ..data.augment import make_augment
     from .regularize import craft_callbacks
@@ -296,7 +302,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
             batches.set_epoch(epoch)
             _emit(callbacks, "on_epoch_start", state)
             loss_sum = torch.zeros((), dtype=torch.float64)
-            correct = torch.zeros((), dtype=torch.int64)
+            counts = 0  # the sum of the task's training counts (a tensor after one batch)
             seen = 0
             bar = progress(len(batches), f"Epoch {epoch}/{config.epochs}", "batch",
                            enabled=verbose and main)
@@ -326,23 +332,25 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
                 state.step += 1
                 state.loss = loss.detach()
                 loss_sum += value * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
+                counts = counts + task.train_counts(logits, y)
                 seen += len(y)
                 _emit(callbacks, "on_batch_end", state)
                 bar.update(1)
                 if b % 20 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
-                                    acc=f"{int(correct) / seen:.4f}")
+                                    **{k: f"{v:.4f}" for k, v in task.train_metrics(counts, seen).items()})
             bar.close()
             broadcast_buffers(model)  # every rank evaluates (and rank 0 saves) one set of BN stats
-            totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                                 torch.tensor(float(seen), dtype=torch.float64)]))
+            totals = all_reduce_sum(torch.cat([loss_sum.view(1),
+                                               torch.tensor([float(seen)], dtype=torch.float64),
+                                               counts]))
+            train_metrics = task.train_metrics(totals[2:], int(totals[1]))
             val_loss = val_acc = None
             if val is not None and len(val):
                 r = evaluate(model, val, preprocess, device=device, channels_last=channels_last,
-                             loss_fn=loss_fn)
+                             loss_fn=loss_fn, task=task)
                 val_loss, val_acc = r.loss, r.top1
-            stats = EpochStats(epoch, float(totals[0] / totals[2]), float(totals[1] / totals[2]),
+            stats = EpochStats(epoch, float(totals[0] / totals[1]), train_metrics["acc"],
                                val_loss, val_acc, float(optimizer.param_groups[0]["lr"]),
                                time.perf_counter() - t0)
             state.history.append(stats)

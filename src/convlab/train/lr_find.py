@@ -21,7 +21,8 @@ from ..data import Batches, ImageSet, Preprocess
 from ..errors import ConfigError, TrainingError
 from ..progress import progress
 from .loop import training_layout, uses_bf16
-from .optim import make_loss, make_optimizer
+from ..tasks import make_loss
+from .optim import make_optimizer
 
 __all__ = ["LRFindResult", "lr_find"]
 
