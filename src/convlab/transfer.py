@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,17 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import META_FILE, library_versions, save_run
+from .checkpoint import library_versions, save_run
 from .config import STRATEGIES, TrainConfig, TransferConfig
-from .data import ImageSet, Preprocess, dataset_spec, list_datasets, load_dataset
+from .data import ImageSet, Preprocess, list_datasets
 from ._runtime import one_thread
 from .files import atomic_write_bytes
 from .embed import Embedder, backbone_preprocess
-from .errors import CheckpointError, ConfigError, DatasetError
+from .errors import ConfigError, DatasetError
 from .models import create_model, model_spec, pretrained_model
 from .models.backbone import layer_groups
 from .models.heads import EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
-from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data
+from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data, prepare_run_dir
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",
            "save_features_run", "transfer", "compare", "FreezeBatchNorm", "advice"]
@@ -261,32 +260,12 @@ def _time_per_image(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Te
     return (time.perf_counter() - t0) * 1000 / len(x)
 
 
-def _prepare_out(out: Path | None, overwrite: bool) -> None:
-    if out is not None and (out / META_FILE).exists():
-        if not overwrite:
-            raise CheckpointError(f"{out} already holds a run; pass --overwrite to replace it or "
-                                  f"choose another --out")
-        if is_main():  # under torchrun only rank 0 touches the run directory
-            shutil.rmtree(out)
-
-
 def _load_split(dataset, train_cfg: TrainConfig, tcfg: TransferConfig, few_shot: int | None = None
                 ) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
     """(train, validation, official test or None); folders load at the backbone's size."""
-    test = None
-    if isinstance(dataset, ImageSet):
-        full = dataset
-    else:
-        name = os.fspath(dataset)
-        named = name in list_datasets()
-        size = None if named else (tcfg.image_size or model_spec(tcfg.backbone).input_size)
-        full = load_dataset(name, "train", size=size)
-        if named and "test" in dataset_spec(name).sizes:
-            test = load_dataset(name, "test")
-    if few_shot:
-        full = full.few_shot(few_shot, seed=train_cfg.seed)
-    train, val, _ = prepare_data(full, train_cfg)
-    return train, val, test
+    named = isinstance(dataset, ImageSet) or os.fspath(dataset) in list_datasets()
+    size = None if named else (tcfg.image_size or model_spec(tcfg.backbone).input_size)
+    return prepare_data(dataset, train_cfg, size=size, few_shot=few_shot)
 
 
 def _dataset_meta(train: ImageSet, val: ImageSet | None, test: ImageSet | None) -> dict:
@@ -413,7 +392,7 @@ def transfer(dataset: str | os.PathLike | ImageSet, tcfg: TransferConfig = Trans
     """
     model_spec(tcfg.backbone)  # an unknown backbone fails before anything is loaded
     out = Path(out) if out is not None else None
-    _prepare_out(out, overwrite)
+    prepare_run_dir(out, overwrite=overwrite, resume=None)
     train, val, test = _split if _split is not None else _load_split(dataset, train_cfg, tcfg, few_shot)
     test = test if evaluate_test else None
     if val is not None and len(val) == 0:

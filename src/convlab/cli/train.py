@@ -26,21 +26,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test: top-1 accuracy {result.test.top1:.4f}, top-5 accuracy {result.test.top5:.4f} "
               f"({result.test.n:,} images)")
     from ..train import is_main, resolve_device
-    if is_main():  # curves, confusion matrix (PNG + JSON counts), most confident mistakes
-        from ..report import write_run_plots
+    if is_main():  # evaluation.json (counts, most confident mistakes), then curves and figures
+        from ..figures.report import write_run_plots
         from ..train.distributed import alone
+        from ..train.evaluation import evaluate_run
         with alone():  # the other ranks do not join this evaluation
-            written = write_run_plots(out, device=resolve_device(args.device))
-        print(f"plots: {', '.join(p.name for p in written.values())} (convlab report {out} "
-              f"puts them in one page)")
+            evaluation = evaluate_run(out, device=resolve_device(args.device))
+        written = write_run_plots(out, data=evaluation.data if evaluation else None)
+        names = [p.name for p in written.values()]
+        if evaluation is not None:
+            names.insert(int("history" in written), evaluation.path.name)
+        print(f"plots: {', '.join(names)} (convlab report {out} puts them in one page)")
     print(f"run saved in {out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import load_run
-    from ..data import dataset_spec, list_datasets, load_dataset
+    from ..data import list_datasets, load_dataset
     from ..train import evaluate, resolve_device
+    from ..train.splits import has_test_split
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)
@@ -48,8 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not name:
         raise DatasetError(f"{args.run_dir}: the run does not name its dataset; give one: "
                            f"convlab evaluate RUN DATASET")
-    split = args.split or ("test" if name in list_datasets() and "test" in dataset_spec(name).sizes
-                           else "train")
+    split = args.split or ("test" if has_test_split(name) else "train")
     pre = run.preprocess
     data = load_dataset(name, split, channels=pre.channels,
                         size=None if name in list_datasets() else pre.size[0])

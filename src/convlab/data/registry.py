@@ -8,8 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from ..errors import DatasetError, unknown
 from ..files import cache_root
+
+if TYPE_CHECKING:  # loading a dataset imports torch; listing them does not
+    from .imageset import ImageSet
 
 __all__ = ["DatasetSpec", "DATASETS", "list_datasets", "load_dataset", "dataset_spec"]
 

@@ -15,11 +15,13 @@ from ..data import ImageSet, Preprocess, load_dataset
 from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models import create_model, default_preprocess, model_spec
 from .distributed import is_main, launched_by_torchrun, local_rank, main_first
+from .splits import load_test_split
 from .callbacks import Callback, EpochStats
 from .loop import fit
 from .metrics import EvalResult, evaluate
 
-__all__ = ["train", "TrainResult", "resolve_device", "prepare_data", "model_for_data"]
+__all__ = ["train", "TrainResult", "resolve_device", "prepare_data", "prepare_run_dir",
+           "model_for_data"]
 
 
 @dataclass
@@ -45,17 +47,22 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def prepare_data(dataset: str | os.PathLike | ImageSet, config: TrainConfig, *,
-                 channels: int | None = None, size: int | None = None,
-                 strict: bool = False) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
-    """(train, validation, test) for a dataset name, a folder, or an ImageSet."""
+                 channels: int | None = None, size: int | None = None, strict: bool = False,
+                 few_shot: int | None = None) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+    """(train, validation, test) for a dataset name, a folder, or an ImageSet: the one
+    split of every training path (train, transfer, lr-find, overfit, evaluation).
+
+    The validation split is stratified (config.val_split, config.seed); the test split
+    is the dataset's official one, or None. `few_shot` keeps k images per class of the
+    training data before the validation split is taken.
+    """
     if isinstance(dataset, ImageSet):
         full, test = dataset, None
     else:
         full = load_dataset(dataset, "train", channels=channels, size=size, strict=strict)
-        from ..data import dataset_spec, list_datasets
-        name = os.fspath(dataset)
-        test = (load_dataset(name, "test", channels=channels, size=size)
-                if name in list_datasets() and "test" in dataset_spec(name).sizes else None)
+        test = load_test_split(dataset, channels=channels, size=size)
+    if few_shot:
+        full = full.few_shot(few_shot, seed=config.seed)
     counts = full.class_counts()
     if full.num_classes < 2 or int((counts > 0).sum()) < 2:
         raise DatasetError(f"{full.name}: training needs at least 2 classes with images; "
@@ -84,6 +91,22 @@ def model_for_data(model: str, data: ImageSet, *, channels: int | None = None,
     return create_model(model, **kwargs), preprocess, kwargs
 
 
+def prepare_run_dir(out: Path | None, *, resume: bool | None = False,
+                    overwrite: bool = False) -> None:
+    """The run-folder rule of every command that writes a run: a folder that already
+    holds a run is continued (resume), replaced (overwrite) or refused, with the way out
+    in the message (resume=None: the command cannot resume, so it is not offered).
+    Under torchrun only rank 0 removes it."""
+    if out is None or resume or not (out / META_FILE).exists():
+        return
+    if not overwrite:
+        way = "pass --resume to continue it, --overwrite to replace it" if resume is not None \
+            else "pass --overwrite to replace it"
+        raise CheckpointError(f"{out} already holds a run; {way}, or choose another --out")
+    if is_main():
+        shutil.rmtree(out)
+
+
 def _check_resume(out: Path, model_name: str, data_name: str) -> None:
     meta = read_meta(out)
     if meta.get("model", {}).get("name") != model_name:
@@ -108,12 +131,7 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     model_spec(model)  # an unknown name fails before any data is loaded
     dev = resolve_device(device)
     out = Path(out) if out is not None else None
-    if out is not None and (out / META_FILE).exists() and not resume:
-        if not overwrite:
-            raise CheckpointError(f"{out} already holds a run; pass --resume to continue it, "
-                                  f"--overwrite to replace it, or choose another --out")
-        if is_main():
-            shutil.rmtree(out)
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
     train_set, val_set, test_set = prepare_data(dataset, config, channels=channels,
                                                 size=image_size, strict=strict)
     if resume and out is not None:
