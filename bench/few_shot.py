@@ -104,7 +104,7 @@ def main() -> None:
 
 def draw(line: dict, path: str) -> None:
     """Grouped bars: test accuracy per method, one group per shot count."""
-    from convlab.viz import plt, save_figure
+    from convlab.figures.base import plt, save_figure
 
     shots = list(line["results"])
     methods = list(line["results"][shots[0]])

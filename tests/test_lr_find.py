@@ -6,7 +6,7 @@ import torch
 
 from convlab import TrainConfig, TrainingError, load_dataset, lr_find
 from convlab.cli import main
-from convlab.plots import plot_lr_find
+from convlab.figures.plots import plot_lr_find
 from convlab.train.run import model_for_data
 
 

@@ -1,8 +1,9 @@
-"""Per-run plots, confusion counts and the self-contained HTML report."""
+"""A run's evaluation (evaluation.json), its plots and the self-contained HTML report."""
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 
 from convlab import ImageSet, TrainConfig, evaluate, load_run, train, write_report
 from convlab.cli import main
-from convlab.plots import confident_mistakes, plot_history
-from convlab.report import write_run_plots
+from convlab.figures.plots import plot_history
+from convlab.figures.report import write_run_plots
+from convlab.train.evaluation import confident_mistakes, evaluate_run
 
 from conftest import make_imageset, write_folder
 
@@ -27,10 +29,10 @@ def test_train_writes_plots_and_report_embeds_them(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(tmp_path / "pics"), "--model", "mnist_cnn", "--channels", "1",
                  "--epochs", "2", "--val-split", "0.3", "--out", str(run), "--device", "cpu"]) == 0
-    assert "plots: history.png, confusion.json, confusion.png" in capsys.readouterr().out
+    assert "plots: history.png, evaluation.json, confusion.png" in capsys.readouterr().out
     for name in ("history.png", "confusion.png"):
         assert (run / name).read_bytes()[:8] == PNG
-    counts = json.loads((run / "confusion.json").read_text())
+    counts = json.loads((run / "evaluation.json").read_text())
     # a folder has no test split: the run's own validation split (3 of 10 per class)
     assert counts["split"] == "validation" and counts["n"] == 9
     assert sum(map(sum, counts["confusion"])) == 9
@@ -56,12 +58,19 @@ def test_write_run_plots_on_given_data_shows_the_confident_mistakes(tmp_path):
     train(data, "mnist_cnn", TrainConfig(epochs=1, val_split=0.0), out=tmp_path / "r",
           device="cpu", verbose=False)
     wrong = ImageSet(data.images, (data.labels + 1) % 3, data.classes, "relabelled")
-    written = write_run_plots(tmp_path / "r", data=wrong, split="relabelled")
-    assert set(written) == {"history", "confusion.json", "confusion", "mistakes"}
-    counts = json.loads(written["confusion.json"].read_text())
+    evaluation = evaluate_run(tmp_path / "r", data=wrong, split="relabelled")
+    written = write_run_plots(tmp_path / "r", data=wrong)
+    assert set(written) == {"history", "confusion", "mistakes"}
+    counts = json.loads(evaluation.path.read_text())
     run = load_run(tmp_path / "r")
     expected = evaluate(run.model, wrong, run.preprocess)
     assert counts["confusion"] == expected.confusion.tolist()
+    # the recorded mistakes are wrong predictions of `wrong`, most confident first
+    mistakes = counts["mistakes"]
+    assert mistakes and all(m["true"] == int(wrong.labels[m["index"]]) != m["predicted"]
+                            for m in mistakes)
+    confidences = [m["confidence"] for m in mistakes]
+    assert confidences == sorted(confidences, reverse=True)
     assert written["mistakes"].read_bytes()[:8] == PNG
 
 
@@ -69,8 +78,9 @@ def test_report_of_an_in_memory_run_still_has_the_curves(tmp_path):
     data = make_imageset(n_per_class=6, classes=2, size=12)
     train(data, "mnist_linear", TrainConfig(epochs=2, val_split=0.0), out=tmp_path / "r",
           device="cpu", verbose=False)
+    assert evaluate_run(tmp_path / "r") is None  # no data to evaluate on: nothing written
     page = write_report(tmp_path / "r").read_text()
-    assert page.count("data:image/png;base64,") == 1  # the curves; no data to evaluate on
+    assert page.count("data:image/png;base64,") == 1  # the curves
     assert "could not be found again" in page
 
 
@@ -87,3 +97,53 @@ def test_plot_history_without_validation(tmp_path):
     metrics = [{"epoch": e, "loss": 1 / e, "acc": 0.5 + e / 10, "val_loss": None,
                 "val_acc": None, "lr": 0.1 * 0.5 ** e, "seconds": 1.0} for e in range(1, 5)]
     assert plot_history(metrics, tmp_path / "h.png").read_bytes()[:8] == PNG
+
+
+def _metrics_headers(page: str) -> list[str]:
+    table = re.search(r"<h2>Metrics by epoch</h2><table><tr>(.*?)</tr>", page).group(1)
+    return re.findall(r"<th>(.*?)</th>", table)
+
+
+def test_metrics_table_shows_lr_once_and_no_empty_validation_columns(tmp_path):
+    data = make_imageset(n_per_class=6, classes=2, size=12)
+    train(data, "mnist_linear", TrainConfig(epochs=2, val_split=0.0), out=tmp_path / "r",
+          device="cpu", verbose=False)
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert "lr" in meta["metrics"][0]["extra"]  # the schedule repeats lr among the extras
+    headers = _metrics_headers(write_report(tmp_path / "r").read_text())
+    assert headers == ["epoch", "loss", "accuracy", "lr", "seconds"]
+
+
+def test_metrics_table_keeps_validation_columns_when_there_is_a_validation_split(tmp_path):
+    data = make_imageset(n_per_class=6, classes=2, size=12)
+    train(data, "mnist_linear", TrainConfig(epochs=2, val_split=0.5), out=tmp_path / "r",
+          device="cpu", verbose=False)
+    page = write_report(tmp_path / "r").read_text()
+    assert _metrics_headers(page) == ["epoch", "loss", "accuracy", "val loss", "val accuracy",
+                                      "lr", "seconds"]
+    val_loss = json.loads((tmp_path / "r" / "meta.json").read_text())["metrics"][-1]["val_loss"]
+    assert f"{val_loss:.4g}" in page
+
+
+def test_report_reads_the_evaluation_and_the_command_makes_it_first(tmp_path):
+    write_folder(tmp_path / "pics", n_per_class=6, classes=("cat", "dog"), size=12)
+    run = tmp_path / "run"
+    train(str(tmp_path / "pics"), "mnist_cnn", TrainConfig(epochs=1, val_split=0.5), out=run,
+          channels=1, device="cpu", verbose=False)
+    page = write_report(run).read_text()  # the report alone evaluates nothing
+    assert not (run / "evaluation.json").exists() and "No evaluation" in page
+
+    assert main(["report", str(run), "--device", "cpu"]) == 0  # evaluates first, then draws
+    counts = json.loads((run / "evaluation.json").read_text())
+    assert counts["split"] == "validation" and counts["n"] == 6
+    page = (run / "report.html").read_text()
+    assert "Evaluation on the validation set" in page and "No evaluation" not in page
+    assert (run / "confusion.png").read_bytes()[:8] == PNG
+
+    first = (run / "evaluation.json").stat().st_mtime_ns
+    assert main(["report", str(run), "--device", "cpu"]) == 0  # up to date: not evaluated again
+    assert (run / "evaluation.json").stat().st_mtime_ns == first
+    before_meta = (run / "meta.json").stat().st_mtime_ns - 10**9
+    os.utime(run / "evaluation.json", ns=(before_meta, before_meta))  # the run changed since
+    assert main(["report", str(run), "--device", "cpu"]) == 0
+    assert (run / "evaluation.json").stat().st_mtime_ns > first

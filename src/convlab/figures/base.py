@@ -1,4 +1,9 @@
-"""matplotlib figures shared by the commands that draw (computation stays elsewhere)."""
+"""What every figure here shares: the matplotlib setup, save_figure and image_grid.
+
+matplotlib draws to files only (the Agg backend, chosen when convlab.figures is first
+imported, which only code that draws does; `import convlab` leaves matplotlib alone).
+Computation stays elsewhere.
+"""
 from __future__ import annotations
 
 import math
@@ -12,7 +17,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .files import atomic_path  # noqa: E402
+from ..files import atomic_path  # noqa: E402
 
 __all__ = ["image_grid", "save_figure", "plt"]
 

@@ -1,8 +1,8 @@
 """Training-craft figures: the LR range test, curves by epoch, confusion matrix, mistakes.
 
 Rendering only: each function takes numbers already computed elsewhere (LRFindResult,
-meta.json's per-epoch metrics, EvalResult's confusion counts, logits) and writes a PNG
-through viz.save_figure / viz.image_grid.
+meta.json's per-epoch metrics, evaluation.json's confusion counts and mistakes) and
+writes a PNG through base.save_figure / base.image_grid.
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .viz import image_grid, plt, save_figure
+from .base import image_grid, plt, save_figure
 
-__all__ = ["plot_lr_find", "plot_history", "plot_confusion", "confident_mistakes",
-           "plot_mistakes"]
+__all__ = ["plot_lr_find", "plot_history", "plot_confusion", "plot_mistakes"]
 
 
 def plot_lr_find(result, path: str | os.PathLike, title: str = "") -> Path:
@@ -105,17 +104,6 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | 
     ax.set_title(title or "Confusion matrix (counts; colour = share of the true class)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     return save_figure(fig, path)
-
-
-def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int = 16
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(indices, predicted class, its probability) of the k wrong predictions made
-    with the highest confidence, most confident first."""
-    probs = logits.double().softmax(1)                       # (N, K)
-    conf, pred = probs.max(1)                                # (N,), (N,)
-    wrong = torch.nonzero(pred != labels).flatten()
-    order = wrong[conf[wrong].argsort(descending=True)][:k]
-    return order, pred[order], conf[order]
 
 
 def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor,

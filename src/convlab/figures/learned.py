@@ -1,5 +1,5 @@
 """PNG pictures of what a network learned (drawing only; the tensors come from
-convlab.analysis.learned, the grid from convlab.viz.image_grid)."""
+convlab.analysis.learned, the grid from convlab.figures.base.image_grid)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..viz import image_grid
-from .learned import conv_kernels, diverging, feature_maps, linear_templates
+from ..analysis.learned import conv_kernels, diverging, feature_maps, linear_templates
+from .base import image_grid
 
 __all__ = ["save_kernels", "save_templates", "save_feature_maps"]
 

@@ -1,0 +1,116 @@
+"""A trained run's evaluation, written to RUN/evaluation.json for the figures to read.
+
+evaluate_run() runs the model on the run's test split (else its validation split, else
+its training data) and writes the counts of evaluate() (top-1/top-5, per-class
+accuracy, the confusion matrix) and the most confidently wrong images (their indices
+in the evaluated set, true and predicted class, confidence). convlab.figures draws
+from that file and never runs a model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import EVALUATION_FILE, META_FILE, Run, load_run, read_meta
+from ..config import TrainConfig
+from ..data import ImageSet, list_datasets
+from ..errors import ConvlabError
+from ..files import atomic_write_bytes
+from .metrics import EvalResult, evaluate, predict_logits
+from .run import prepare_data
+from .splits import load_test_split
+
+__all__ = ["RunEvaluation", "evaluate_run", "evaluation_data", "evaluation_stale",
+           "confident_mistakes"]
+
+
+@dataclass
+class RunEvaluation:
+    """What evaluate_run() wrote, with the set it was made on (the mistakes' indices
+    point into `data`)."""
+
+    path: Path                  # RUN/evaluation.json
+    split: str
+    data: ImageSet
+    result: EvalResult
+    mistakes: list[dict]        # index, true, predicted, confidence; most confident first
+
+
+def evaluation_data(run: Run) -> tuple[ImageSet, str]:
+    """(images, split name) to evaluate a run on: the dataset's test split when it has
+    one, else the run's own validation split (the same seed and fraction as in training),
+    else its training data. Raises a ConvlabError when the data cannot be found again."""
+    name = run.meta.get("dataset", {}).get("name")
+    if not name:
+        raise ConvlabError(f"{run.path}: the run does not name its dataset")
+    channels = run.preprocess.channels
+    test = load_test_split(name, channels=channels)
+    if test is not None:
+        return test, "test"
+    cfg = TrainConfig.from_dict(run.meta.get("train", {}))
+    size = None if name in list_datasets() else run.preprocess.size[0]  # folders: the run's size
+    train, val, _ = prepare_data(name, cfg, channels=channels, size=size)
+    return (val, "validation") if val is not None and len(val) else (train, "training")
+
+
+def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int = 16
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices, predicted class, its probability) of the k wrong predictions made
+    with the highest confidence, most confident first."""
+    probs = logits.double().softmax(1)                       # (N, K)
+    conf, pred = probs.max(1)                                # (N,), (N,)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = wrong[conf[wrong].argsort(descending=True)][:k]
+    return order, pred[order], conf[order]
+
+
+def evaluation_stale(run_dir: str | os.PathLike) -> bool:
+    """True when RUN/evaluation.json is missing or older than the run's meta.json
+    (the run trained further since it was evaluated)."""
+    path = Path(run_dir)
+    read_meta(path)  # a clear error for a folder that is not a run; finishes an interrupted save
+    evaluation = path / EVALUATION_FILE
+    return (not evaluation.exists()
+            or evaluation.stat().st_mtime < (path / META_FILE).stat().st_mtime)
+
+
+def _json_text(info: dict) -> str:
+    """evaluation.json with one confusion row and one mistake per line (readable diffs)."""
+    lists = {k: info[k] for k in ("confusion", "mistakes")}
+    text = json.dumps({**info, **dict.fromkeys(lists)}, indent=2)
+    for key, items in lists.items():
+        rows = ",\n    ".join(json.dumps(r) for r in items)
+        text = text.replace(f'"{key}": null', f'"{key}": [\n    {rows}\n  ]' if items
+                            else f'"{key}": []')
+    return text
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, data: ImageSet | None = None, split: str = "",
+                 device: str | torch.device = "cpu", mistakes: int = 24) -> RunEvaluation | None:
+    """Evaluate a run and write RUN/evaluation.json.
+
+    `data` is the set to evaluate on, named `split` (default: evaluation_data()). When
+    the data cannot be found again (a run trained on an in-memory ImageSet) nothing is
+    written and None is returned. `mistakes` is how many of the most confidently wrong
+    images to record.
+    """
+    run = load_run(run_dir, device)
+    if data is None:
+        try:
+            data, split = evaluation_data(run)
+        except ConvlabError:
+            return None
+    split = split or "evaluation"
+    result = evaluate(run.model, data, run.preprocess, device=device)
+    logits = predict_logits(run.model, data, run.preprocess, device=device)
+    idx, pred, conf = confident_mistakes(logits, data.labels, mistakes)
+    wrong = [{"index": i, "true": t, "predicted": p, "confidence": c} for i, t, p, c in
+             zip(idx.tolist(), data.labels[idx].tolist(), pred.tolist(), conf.tolist())]
+    info = {"dataset": data.name, "split": split, **result.to_dict(), "mistakes": wrong}
+    path = run.path / EVALUATION_FILE
+    atomic_write_bytes(path, _json_text(info).encode())
+    return RunEvaluation(path, split, data, result, wrong)
