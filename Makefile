@@ -41,8 +41,15 @@ demo: sysdeps venv kernels
 test: sysdeps venv kernels
 	$(PY) -m pytest -q
 
-bench: venv kernels
-	for f in bench/*.py; do $(PY) $$f; done
+# Every benchmark (a long run: some take many minutes), or only BENCH=bench/NAME.py with
+# BENCH_ARGS for it. Each one's last JSON line goes into bench/results.jsonl with the
+# date, the machine and the arguments; docs/benchmarks.md shows the newest of each.
+BENCH ?= $(sort $(wildcard bench/*.py))
+bench: sysdeps venv kernels
+	@failed=""; for f in $(BENCH); do \
+	  $(PY) tools/gen_docs.py record $$f $(BENCH_ARGS) || failed="$$failed $$f"; done; \
+	$(PY) tools/gen_docs.py benchmarks; \
+	if [ -n "$$failed" ]; then echo "benchmarks that failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
