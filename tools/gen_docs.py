@@ -245,7 +245,8 @@ def render_benchmarks(records: list[dict] | None = None, scripts: list[str] | No
         "",
         "Each script in `bench/` prints one JSON line; `make bench` runs them all, appends"
         " each line with the date and the machine to `bench/results.jsonl` and renders this"
-        " page from the newest record of each (`make bench BENCH=bench/NAME.py` runs one)."
+        " page from the newest record of each (`make bench BENCH=bench/NAME.py BENCH_ARGS=...`"
+        " runs one, with its arguments, which the record keeps)."
         " Ratios compare two things measured in the same run, so they say more than the"
         " absolute speeds on a shared machine; each record carries the load average it was"
         " measured at where the script reports one. What each benchmark measures is in the"
@@ -263,16 +264,18 @@ def render_benchmarks(records: list[dict] | None = None, scripts: list[str] | No
         else:
             m = entry["machine"]
             lines.append(f"| [{title}](#{anchor}) | {entry['date'][:10]} | "
-                         f"{m['cpus']} x {_md(m['cpu_model'])} |")
+                         f"{m['cpus']} CPUs, {_md(m['cpu_model'])} |")
     for name in names:
         entry = newest.get(name)
         lines += ["", f"## {Path(name).stem}", ""]
+        script = f"[{name}](../{name})" if (ROOT / name).exists() else f"`{name}`"
         if entry is None:
-            lines += [f"Not yet recorded: run `make bench BENCH={name}`."]
+            lines += [f"{script}: not yet recorded; run `make bench BENCH={name}`."]
             continue
         m = entry["machine"]
         command = " ".join(["python", entry["script"], *entry.get("args", [])])
         lines += [
+            f"- script: {script}",
             f"- command: `{command}`",
             f"- date: {entry['date'].replace('T', ' ').replace('Z', ' UTC')}",
             f"- machine: {m['platform']}, {m['cpus']} CPUs, {_md(m['cpu_model'])}"
