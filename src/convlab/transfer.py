@@ -35,7 +35,7 @@ from torch import nn
 
 from .checkpoint import library_versions, save_run
 from .config import STRATEGIES, TrainConfig, TransferConfig
-from .data import ImageSet, Preprocess, list_datasets
+from .data import FeatureSet, ImageSet, Preprocess, list_datasets
 from ._runtime import one_thread
 from .files import atomic_write_bytes
 from .embed import Embedder, backbone_preprocess
@@ -74,8 +74,9 @@ def _fit_linear(emb: torch.Tensor, labels: torch.Tensor, k: int, *, l2: float = 
 def _fit_mlp(emb: torch.Tensor, labels: torch.Tensor, k: int, *, hidden=(256,), dropout: float = 0.2,
              l2: float = 1e-3, epochs: int | None = None, lr: float = 1e-3, batch_size: int = 128,
              seed: int = 0) -> MLPHead:
-    """A small MLP by AdamW on mini-batches of embeddings; by default at least 20 epochs
-    and 100 steps (small sets need more passes)."""
+    """A small MLP by AdamW on mini-batches of embeddings, trained by the one training
+    loop (fit) on a FeatureSet; by default at least 20 epochs and 100 steps (small sets
+    need more passes)."""
     if epochs is None:
         epochs = max(20, -(-100 // -(-len(emb) // batch_size)))
     torch.manual_seed(seed)
@@ -83,18 +84,11 @@ def _fit_mlp(emb: torch.Tensor, labels: torch.Tensor, k: int, *, hidden=(256,), 
         hidden = (hidden,)
     head = MLPHead(emb.shape[1], k, tuple(hidden), dropout)
     head.set_scale(emb)
-    x = head.scaled(emb)
-    opt = torch.optim.AdamW(head.net.parameters(), lr=lr, weight_decay=l2 * 10)
-    gen = torch.Generator().manual_seed(seed)
-    head.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for b in range(0, len(x), batch_size):
-            idx = order[b:b + batch_size]
-            loss = F.cross_entropy(head.net(x[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    features = FeatureSet(head.scaled(emb).float(), labels, [str(c) for c in range(k)])
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw",
+                         weight_decay=l2 * 10, schedule="constant", val_split=0.0, seed=seed,
+                         channels_last=False, precision="fp32")
+    fit(head.net, features, config=config, preprocess=None, verbose=False)
     return head.eval()
 
 

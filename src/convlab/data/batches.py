@@ -1,10 +1,12 @@
-"""Batches: slices of an in-memory ImageSet by a seeded permutation, sharded across ranks."""
+"""Batches: slices of an in-memory ImageSet (or FeatureSet) by a seeded permutation,
+sharded across ranks."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 import torch
 
+from .featureset import FeatureSet
 from .imageset import ImageSet
 from .preprocess import Preprocess
 
@@ -29,10 +31,11 @@ class Batches:
     (seed, epoch); with world_size > 1 each global batch of `batch_size` is split across
     ranks (rank r takes every world_size-th sample), so the ranks together see exactly
     what one process would. `augment` (float 0..1 batch -> batch) runs before
-    normalisation, only where it is given (training).
+    normalisation, only where it is given (training). A FeatureSet (preprocess None)
+    yields its feature rows as they are.
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, preprocess: Preprocess, *,
+    def __init__(self, data: ImageSet | FeatureSet, batch_size: int, preprocess: Preprocess | None, *,
                  shuffle: bool = False, seed: int = 0, device: torch.device | str = "cpu",
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  rank: int = 0, world_size: int = 1, channels_last: bool = False,
@@ -48,7 +51,9 @@ class Batches:
         self.channels_last = channels_last
         self.drop_last = drop_last
         self.epoch = 0
-        self.images = data.images.to(self.device)
+        if (preprocess is None) != isinstance(data, FeatureSet):
+            raise TypeError("Batches: an ImageSet needs its Preprocess; a FeatureSet takes none")
+        self.images = (data.features if preprocess is None else data.images).to(self.device)
         self.labels = data.labels.to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,6 +74,9 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for idx in self.indices():
             idx = idx.to(self.device)
+            if self.preprocess is None:
+                yield self.images[idx], self.labels[idx]  # feature rows (B, D)
+                continue
             x = self.preprocess.fit(self.images[idx]).float().div_(255.0)  # (B, C, H, W) 0..1
             if self.augment is not None:
                 x = self.augment(x)

@@ -7,211 +7,30 @@ and other training-craft features plug in.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-from .. import kernels
-from .._runtime import cpu_has_bf16, tune_malloc
+from .._runtime import tune_malloc
 from ..checkpoint import MODEL_FILE, library_versions, load_train_state, read_meta, save_run
 from ..config import TrainConfig
-from ..data import Batches, ImageSet, Preprocess
-from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from ..data import Batches, FeatureSet, ImageSet, Preprocess
+from ..errors import CheckpointError, TrainingError, TrainingInterrupted
 from ..progress import progress
 from ..tasks import CLASSIFICATION, Task
 from .callbacks import Callback, EpochStats, FitResult, TrainState
 from .distributed import (all_reduce_sum, broadcast_buffers, main_first, peer_lost,
-                          same_everywhere, sync_batchnorm, world)
+                          same_everywhere, world)
 from .metrics import evaluate
 from .optim import make_optimizer
+from .speedups import training_twin, uses_bf16
 
-__all__ = ["fit",
-           "uses_channels_last", "channels_last_training", "relu_after_max_pool",
-           "fused_bn_relu_pool", "training_layout"]
-
-
-def uses_channels_last(model: nn.Module) -> bool:
-    """channels_last pays off for models with 2-D convolutions (1.3-1.9x here)."""
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-def _channels_last(grad: torch.Tensor) -> torch.Tensor:
-    return grad.contiguous(memory_format=torch.channels_last)
-
-
-def _pool_grad_channels_last(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-    # a hook on the output tensor, not a module backward hook: those refuse in-place
-    # changes to the module's output, which some models make after pooling
-    if isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 4:
-        output.register_hook(_channels_last)
-
-
-def _pools_and_their_relus(model: nn.Module) -> Iterator[nn.Module]:
-    """The pooling layers, and a ReLU that directly follows one in an nn.Sequential (as
-    relu_after_max_pool arranges): the last 4-D layers before a flatten, usually."""
-    for m in model.modules():
-        if isinstance(m, _POOLS):
-            yield m
-        elif isinstance(m, nn.Sequential):
-            yield from (b for a, b in zip(m, m[1:]) if isinstance(a, _POOLS) and type(b) is nn.ReLU)
-
-
-@contextlib.contextmanager
-def channels_last_training(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
-    """Train `model` in channels_last memory format (when `enabled` and it has 2-D
-    convolutions); yields whether it does.
-
-    A pooling layer is usually followed by a flatten, whose gradient comes back in the
-    default (NCHW) layout; the pooling backward then hands mixed layouts to ReLU and
-    BatchNorm backward, which copy whole activations to reconcile them. Turning that
-    gradient into channels_last as it enters the pooling layer (2.5 MB for mnist_cnn
-    instead of two 10 MB copies) made a training step 20% faster here. A ReLU right
-    after the pool gets the same hook: ReLU backward with a channels_last output and an
-    NCHW gradient took 0.76 ms of a 7 ms bf16 step, against 0.07 ms with both alike.
-    The hooks are removed on exit, so the model leaves as it came, apart from its layout.
-    """
-    on = enabled and uses_channels_last(model)
-    handles = []
-    if on:
-        model.to(memory_format=torch.channels_last)
-        handles = [m.register_forward_hook(_pool_grad_channels_last)
-                   for m in _pools_and_their_relus(model)]
-    try:
-        yield on
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def relu_after_max_pool(model: nn.Module) -> Iterator[int]:
-    """Run every ReLU that a max pool directly follows (in an nn.Sequential) after the
-    pool instead; yields how many pairs were swapped, and swaps them back on exit.
-
-    ReLU and max commute exactly: max(relu(a), relu(b)) = relu(max(a, b)), and the
-    gradient reaches the same input (the window's first maximum, when it is positive;
-    none otherwise), so training is bit-identical. The ReLU then works on a quarter of
-    the values, forward and backward: mnist_cnn's float32 step went from 12.8 to 11.3 ms
-    here (in bf16 no gain was measurable). Callbacks see the swapped order during fit.
-    Parameters and buffers are untouched, so checkpoints are the same either way.
-    """
-    swapped = []
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        i = 0
-        while i < len(seq) - 1:
-            a, b = seq[i], seq[i + 1]
-            if type(a) is nn.ReLU and type(b) is nn.MaxPool2d and not b.return_indices:
-                seq[i], seq[i + 1] = b, a
-                swapped.append((seq, i))
-                i += 2  # the moved ReLU stays right after this pool
-            else:
-                i += 1
-    try:
-        yield len(swapped)
-    finally:
-        for seq, i in reversed(swapped):
-            seq[i], seq[i + 1] = seq[i + 1], seq[i]
-
-
-def _is_max_pool_2x2(m: nn.Module) -> bool:
-    return (type(m) is nn.MaxPool2d and _pair(m.kernel_size) == _pair(m.stride) == (2, 2)
-            and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
-            and not m.return_indices)
-
-
-def _fused_forward(bn: nn.BatchNorm2d, relu: nn.ReLU, pool: nn.MaxPool2d,
-                   x: torch.Tensor) -> torch.Tensor:
-    if kernels.fusable(x, bn):
-        return kernels.bn_relu_pool2(x, bn)
-    # eval mode, odd sizes, other layouts: the layers themselves, the ReLU after the pool
-    # as relu_after_max_pool runs it (exact), its gradient made channels_last as there
-    y = relu(pool(nn.BatchNorm2d.forward(bn, x)))
-    if y.requires_grad and x.is_contiguous(memory_format=torch.channels_last):
-        y.register_hook(_channels_last)
-    return y
-
-
-@contextlib.contextmanager
-def fused_bn_relu_pool(model: nn.Module, enabled: bool = True) -> Iterator[int]:
-    """Run each BatchNorm2d -> ReLU -> MaxPool2d(2) in an nn.Sequential as one fused
-    kernel in training (convlab.kernels, when it is built); yields how many blocks.
-
-    The BatchNorm module stays where it is and does the three layers' work; the ReLU
-    and pool slots hold nn.Identity meanwhile, so parameter and buffer names (and
-    checkpoints) are unchanged. In eval mode, or for an input the kernel does not take,
-    the BatchNorm runs the three layers as they are. Restored on exit. One epoch of
-    mnist_cnn (bench/train_speed.py) went from 4.7 to 2.8 s in bf16 and from 6.2 to
-    4.2 s in float32 here.
-    """
-    fused = []
-    if enabled and kernels.available():
-        for seq in model.modules():
-            if not isinstance(seq, nn.Sequential):
-                continue
-            for i in range(len(seq) - 2):
-                bn, relu, pool = seq[i], seq[i + 1], seq[i + 2]
-                if (type(bn) is nn.BatchNorm2d and type(relu) is nn.ReLU and _is_max_pool_2x2(pool)
-                        and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                                    for m in (bn, relu, pool))):
-                    seq[i + 1], seq[i + 2] = nn.Identity(), nn.Identity()
-                    bn.forward = functools.partial(_fused_forward, bn, relu, pool)
-                    fused.append((seq, i, relu, pool))
-    try:
-        yield len(fused)
-    finally:
-        for seq, i, relu, pool in reversed(fused):
-            seq[i + 1], seq[i + 2] = relu, pool
-            del seq[i].forward
-
-
-@contextlib.contextmanager
-def training_layout(model: nn.Module, channels_last: bool = True,
-                    fuse: bool = True) -> Iterator[bool]:
-    """What every training loop here (fit, lr-find) does to a model for speed, undone on
-    exit: fused_bn_relu_pool (with `fuse` and channels_last; not for a model whose
-    BatchNorms are to become SyncBatchNorm), relu_after_max_pool, then
-    channels_last_training. Yields whether the model runs channels_last (the batches
-    must then be made channels_last too)."""
-    with fused_bn_relu_pool(model, fuse and channels_last and uses_channels_last(model)), \
-            relu_after_max_pool(model), channels_last_training(model, channels_last) as on:
-        yield on
-
-
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training runs its forward pass under bfloat16 autocast.
-
-    'auto' means bf16 on a CUDA device that supports it and float32 on the CPU; 'bf16'
-    asks for it on the CPU too, where it needs native bfloat16 instructions (AVX512-BF16
-    or AMX): there it halves the memory traffic of the activations (mnist_cnn's step
-    went from 10.9 to 7.4 ms here). Weights, optimizer state and the loss stay float32.
-    """
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no "
-                              f"bfloat16 support; use --precision fp32")
-        return torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return False
-    if device.type != "cpu" or not cpu_has_bf16():
-        raise ConfigError(f"--precision bf16 needs a CUDA GPU or a CPU with native bfloat16 "
-                          f"(AVX512-BF16 or AMX); this {device.type} has neither, and emulated "
-                          f"bf16 is slower than float32: use --precision fp32 or auto")
-    return True
+__all__ = ["fit"]
 
 
 def _emit(callbacks: Sequence[Callback], event: str, *args) -> None:
@@ -219,8 +38,8 @@ def _emit(callbacks: Sequence[Callback], event: str, *args) -> None:
         getattr(cb, event)(*args)
 
 
-def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
-        config: TrainConfig, preprocess: Preprocess, run_dir: str | Path | None = None,
+def fit(model: nn.Module, train: ImageSet | FeatureSet, val: ImageSet | FeatureSet | None = None, *,
+        config: TrainConfig, preprocess: Preprocess | None, run_dir: str | Path | None = None,
         meta: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
         device: str | torch.device = "cpu", augment: Callable | None = None,
         param_groups: list[dict] | None = None, task: Task = CLASSIFICATION,
@@ -228,7 +47,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     """Train `model` on `train`, validating on `val` after each epoch.
 
     The task (classification unless given) supplies the loss and the metrics; the
-    data's targets are checked against it before the first step.
+    data's targets are checked against it before the first step. `train` is an
+    ImageSet with its `preprocess`, or a FeatureSet (embeddings) with preprocess None.
 
     With `run_dir`, every epoch is saved atomically (weights, meta.json with `meta`
     merged in, optimizer and RNG state), and `resume=True` continues from the last
@@ -242,22 +62,23 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *,
     run_dir = Path(run_dir) if run_dir is not None else None
     torch.manual_seed(config.seed)
     model.to(device)
-    sync_bn = size > 1 and getattr(config, "sync_bn", False)  # _fit replaces the BatchNorms
-    with training_layout(model, config.channels_last, fuse=not sync_bn) as channels_last:
+    sync_bn = size > 1 and getattr(config, "sync_bn", False)
+    # forward and backward run through a faster twin sharing the model's parameters and
+    # buffers (speedups.py); callbacks, the optimizer and checkpoints see `model` itself
+    with training_twin(model, channels_last=config.channels_last,
+                       sync_bn=device if sync_bn else None) as (twin, channels_last):
         return _fit(model, train, val, config=config, preprocess=preprocess, run_dir=run_dir,
                     meta=meta, resume=resume, callbacks=callbacks, device=device,
                     augment=augment, param_groups=param_groups, task=task, verbose=verbose, log=log,
-                    channels_last=channels_last, rank=rank, size=size, sync_bn=sync_bn)
+                    channels_last=channels_last, rank=rank, size=size, twin=twin)
 
 
 def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callbacks, device,
          augment, param_groups, task, verbose, log, channels_last, rank, size,
-         sync_bn) -> FitResult:
+         twin) -> FitResult:
     from torch.nn.parallel import DistributedDataParallel
 
     main = rank == 0
-    if sync_bn:
-        model = sync_batchnorm(model, device)  # same Parameter objects, synchronised statistics
     amp = uses_bf16(config.precision, device)
     optimizer = make_optimizer(param_groups if param_groups is not None else
                                [p for p in model.parameters() if p.requires_grad], config)
@@ -268,7 +89,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     from .regularize import craft_callbacks
     callbacks = [*craft_callbacks(config), *callbacks]
     if augment is None:
-        augment = make_augment(config.augment, preprocess.size)
+        augment = make_augment(config.augment, preprocess.size) if preprocess is not None else None
     state = TrainState(model, optimizer, config)
     start_epoch = 0
     if resume and run_dir is not None:
@@ -280,8 +101,8 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
         raise CheckpointError(f"--resume: the processes found different checkpoints in {run_dir} "
                               f"(epochs {lo} to {hi}); on several machines the run directory "
                               f"must be on a file system they all share")
-    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-           if size > 1 else model)
+    net = (DistributedDataParallel(twin, device_ids=[device.index] if device.type == "cuda" else None)
+           if size > 1 else twin)
     batches = Batches(train, config.batch_size, preprocess, shuffle=True, seed=config.seed,
                       device=device, augment=augment, rank=rank, world_size=size,
                       channels_last=channels_last)
@@ -289,7 +110,8 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     state.step = start_epoch * len(batches)
     base_meta = dict(meta or {})
     base_meta.setdefault("train", config.to_dict())
-    base_meta.setdefault("preprocess", preprocess.to_dict())
+    if preprocess is not None:
+        base_meta.setdefault("preprocess", preprocess.to_dict())
     base_meta.setdefault("classes", list(train.classes))
     base_meta["versions"] = library_versions()
     _emit(callbacks, "on_fit_start", state)
@@ -308,6 +130,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
                            enabled=verbose and main)
             for b, (x, y) in enumerate(batches):
                 state.batch = b
+                _emit(callbacks, "on_batch_start", state)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = net(x)
                     # a rank's share of a short last batch can be empty
@@ -339,6 +162,8 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
                 if b % 20 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
                                     **{k: f"{v:.4f}" for k, v in task.train_metrics(counts, seen).items()})
+                if state.stop:
+                    break
             bar.close()
             broadcast_buffers(model)  # every rank evaluates (and rank 0 saves) one set of BN stats
             totals = all_reduce_sum(torch.cat([loss_sum.view(1),

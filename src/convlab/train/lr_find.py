@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data import Batches, ImageSet, Preprocess
+from ..data import ImageSet, Preprocess
 from ..errors import ConfigError, TrainingError
 from ..progress import progress
-from .loop import training_layout, uses_bf16
-from ..tasks import make_loss
-from .optim import make_optimizer
+from .callbacks import Callback, TrainState
+from .loop import fit
 
 __all__ = ["LRFindResult", "lr_find"]
 
@@ -70,63 +69,72 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
         raise ConfigError(f"loss smoothing beta must be in [0, 1); got {beta}")
     if len(data) == 0:
         raise ConfigError("lr-find needs at least one training image")
-    device = torch.device(device)
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
-    model.to(device)
-    amp = uses_bf16(config.precision, device)
-    with training_layout(model, config.channels_last) as channels_last:
-        torch.manual_seed(config.seed)
-        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad],
-                                   config.replace(lr=start_lr))
-        loss_fn = make_loss(config)
-        batches = Batches(data, min(config.batch_size, len(data)), preprocess, shuffle=True,
-                          seed=config.seed, device=device, augment=augment,
-                          channels_last=channels_last, drop_last=len(data) >= config.batch_size)
-        ratio = (end_lr / start_lr) ** (1 / (steps - 1))
-        lrs: list[float] = []
-        losses: list[float] = []
-        smoothed: list[float] = []
-        avg, best, diverged_lr = 0.0, math.inf, None
-        bar = progress(steps, "lr-find", "batch", enabled=verbose)
-        model.train()
-        try:
-            epoch = 0
-            while len(lrs) < steps and diverged_lr is None:
-                epoch += 1
-                batches.set_epoch(epoch)
-                for x, y in batches:
-                    lr = start_lr * ratio ** len(lrs)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        loss = loss_fn(model(x), y)  # as fit computes it, in config.precision
-                    value = float(loss.detach())
-                    lrs.append(lr)
-                    losses.append(value)
-                    if not math.isfinite(value):
-                        smoothed.append(math.inf)
-                        diverged_lr = lr
-                        break
-                    avg = beta * avg + (1 - beta) * value
-                    smooth = avg / (1 - beta ** len(lrs))  # bias correction for the first steps
-                    smoothed.append(smooth)
-                    best = min(best, smooth)
-                    # blown up: far above its best, or back above the start after falling
-                    if smooth > diverge * best or (best < 0.9 * smoothed[0] and smooth > smoothed[0]):
-                        diverged_lr = lr
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    bar.update(1)
-                    if len(lrs) >= steps:
-                        break
-        finally:
-            bar.close()
-            model.load_state_dict(saved)
-            model.train(was_training)
+    recorder = _RangeTest(start_lr, (end_lr / start_lr) ** (1 / (steps - 1)), steps, beta,
+                          diverge, progress(steps, "lr-find", "batch", enabled=verbose))
+    batch_size = min(config.batch_size, len(data))
+    # fit's own loop, with the rate set before every step and nothing else changing it
+    run = config.replace(lr=start_lr, batch_size=batch_size, schedule="constant", warmup=0.0,
+                         patience=0, val_split=0.0, epochs=-(-steps // -(-len(data) // batch_size)))
+    try:
+        fit(model, data, config=run, preprocess=preprocess, callbacks=[recorder], device=device,
+            augment=augment, verbose=False)
+    except TrainingError:  # the loss became NaN or infinite: the range test's divergence
+        if not recorder.started:
+            raise
+        recorder.record(math.inf)
+    finally:
+        recorder.bar.close()
+        model.load_state_dict(saved)
+        model.train(was_training)
+    lrs, losses, smoothed = recorder.lrs, recorder.losses, recorder.smoothed
+    diverged_lr = recorder.diverged_lr
     return _suggest(lrs, losses, smoothed, start_lr, end_lr, diverged_lr)
+
+
+class _RangeTest(Callback):
+    """Sets the rate before each step (growing geometrically), records the loss after
+    it and stops fit when the smoothed loss blows up or the steps are done."""
+
+    def __init__(self, start_lr: float, ratio: float, steps: int, beta: float, diverge: float,
+                 bar) -> None:
+        self.start_lr, self.ratio, self.steps, self.beta, self.diverge = start_lr, ratio, steps, beta, diverge
+        self.bar = bar
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.avg, self.best, self.diverged_lr = 0.0, math.inf, None
+        self.started = False
+
+    def on_batch_start(self, state: TrainState) -> None:
+        self.started = True
+        self.lr = self.start_lr * self.ratio ** len(self.lrs)
+        for group in state.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def record(self, value: float) -> bool:
+        """Add one step's loss; True when the test should stop."""
+        self.lrs.append(self.lr)
+        self.losses.append(value)
+        if not math.isfinite(value):
+            self.smoothed.append(math.inf)
+            self.diverged_lr = self.lr
+            return True
+        self.avg = self.beta * self.avg + (1 - self.beta) * value
+        smooth = self.avg / (1 - self.beta ** len(self.lrs))  # bias correction for the first steps
+        self.smoothed.append(smooth)
+        self.best = min(self.best, smooth)
+        # blown up: far above its best, or back above the start after falling
+        if smooth > self.diverge * self.best or (self.best < 0.9 * self.smoothed[0]
+                                                 and smooth > self.smoothed[0]):
+            self.diverged_lr = self.lr
+            return True
+        self.bar.update(1)
+        return len(self.lrs) >= self.steps
+
+    def on_batch_end(self, state: TrainState) -> None:
+        state.stop = self.record(float(state.loss))
 
 
 def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], start_lr: float,
