@@ -38,7 +38,9 @@ sysdeps:
 demo: sysdeps venv kernels
 	$(PY) -m convlab demo
 
+# lint-imports checks the layers and cycles of DESIGN.md (pyproject.toml [tool.importlinter])
 test: sysdeps venv kernels
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Every benchmark (a long run: some take many minutes), or only BENCH=bench/NAME.py with
