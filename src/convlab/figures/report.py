@@ -188,6 +188,22 @@ def _evaluation_section(path: Path, evaluation: dict) -> list[str]:
     return parts
 
 
+def _summary_cards(evaluation: dict | None, metrics: list[dict], n_params: int) -> str:
+    cards = []
+    if evaluation:
+        cards += [_card(f"{evaluation['top1_error']:.2%}", f"top-1 error ({evaluation['split']})"),
+                  _card(f"{evaluation['top5_error']:.2%}", f"top-5 error ({evaluation['split']})")]
+    if metrics:
+        last = metrics[-1]
+        cards.append(_card(f"{last['acc']:.2%}", "training accuracy, last epoch"))
+        if last.get("val_acc") is not None:
+            cards.append(_card(f"{last['val_acc']:.2%}", "validation accuracy, last epoch"))
+        cards.append(_card(f"{len(metrics)}", "epochs"))
+        cards.append(_card(f"{sum(m['seconds'] for m in metrics):.0f} s", "training time"))
+    cards.append(_card(f"{n_params:,}", "parameters"))
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
 def _plots_stale(path: Path) -> bool:
     """A plot is missing or older than what it is drawn from."""
     if _older(path / PLOT_FILES["history"], path / META_FILE):
@@ -220,19 +236,7 @@ def write_report(run_dir: str | os.PathLike, *, data: ImageSet | None = None,
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="sub">run {html.escape(str(path.resolve()))} &middot; report written '
              f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"]
-    cards = []
-    if evaluation:
-        cards += [_card(f"{evaluation['top1_error']:.2%}", f"top-1 error ({evaluation['split']})"),
-                  _card(f"{evaluation['top5_error']:.2%}", f"top-5 error ({evaluation['split']})")]
-    if metrics:
-        last = metrics[-1]
-        cards.append(_card(f"{last['acc']:.2%}", "training accuracy, last epoch"))
-        if last.get("val_acc") is not None:
-            cards.append(_card(f"{last['val_acc']:.2%}", "validation accuracy, last epoch"))
-        cards.append(_card(f"{len(metrics)}", "epochs"))
-        cards.append(_card(f"{sum(m['seconds'] for m in metrics):.0f} s", "training time"))
-    cards.append(_card(f"{n_params:,}", "parameters"))
-    parts.append(f'<div class="cards">{"".join(cards)}</div>')
+    parts.append(_summary_cards(evaluation, metrics, n_params))
     if (path / PLOT_FILES["history"]).exists():
         parts += ["<h2>Training curves</h2>", _img(path / PLOT_FILES["history"], "loss, accuracy "
                                                    "and learning rate by epoch")]
