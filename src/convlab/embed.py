@@ -8,7 +8,9 @@ the backbone name, its weights, the layer and the preprocessing; inside, each im
 is keyed by a hash of its pixels and shape. New rows are written in shards of at most
 1,024 images (temp file, fsync, rename), so an interrupted run keeps every finished
 shard and never leaves a partial entry that could be read back. A second call on the
-same images computes nothing.
+same images computes nothing. `Embedder(cache_dir=...)` keeps the cache elsewhere (the
+teach app keeps it in its home folder), and `Embedder.embed_by_key` takes keys the caller
+already has (a stored file's hash), so cached images need not even be decoded.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from .progress import progress
 from .train.distributed import broadcast_from_main, gather_shares, world
 
 __all__ = ["embed_images", "embed_imageset", "Embedder", "backbone_preprocess", "image_keys",
-           "EMBED_CHUNK"]
+           "prune_cache", "EMBED_CHUNK"]
 
 EMBED_CHUNK = 1024      # images per cache shard (what an interruption can lose at most)
 _MAX_SHARDS = 64        # more shards than this are merged into one
@@ -95,12 +98,25 @@ class _Cache:
     def compact(self) -> None:
         """Merge many small shards (the web app adds a few images at a time) into one."""
         shards = self.shards()
-        if len(shards) <= _MAX_SHARDS:
-            return
+        if len(shards) > _MAX_SHARDS:
+            self._rewrite(shards, self.read())
+
+    def retain(self, keep: set[bytes]) -> int:
+        """Drop the rows whose key is not in `keep`; returns how many were dropped."""
+        shards = self.shards()
         rows = self.read()
-        keys = np.stack([np.frombuffer(k, dtype=np.uint8) for k in rows])
-        merged = self.write(keys, torch.stack(list(rows.values())))
-        for s in shards:  # every row of these is in the merged shard now
+        kept = {k: e for k, e in rows.items() if k in keep}
+        if len(kept) < len(rows):
+            self._rewrite(shards, kept)
+        return len(rows) - len(kept)
+
+    def _rewrite(self, shards: list[Path], rows: dict[bytes, torch.Tensor]) -> None:
+        """Replace `shards` by one shard of `rows` (none when empty)."""
+        merged = None
+        if rows:
+            keys = np.stack([np.frombuffer(k, dtype=np.uint8) for k in rows])
+            merged = self.write(keys, torch.stack(list(rows.values())))
+        for s in shards:  # every row of these that is kept is in the merged shard now
             if s != merged:
                 s.unlink(missing_ok=True)
 
@@ -119,7 +135,10 @@ class Embedder:
 
     def __init__(self, backbone: str = "efficientnet_lite0", *, layer: str | None = None,
                  weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 cache: bool = True, image_size: int | None = None) -> None:
+                 cache: bool = True, image_size: int | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        """cache_dir: where the cache keeps its folder per model key (default
+        cache_root()/"embeddings")."""
         spec = model_spec(backbone)
         self.backbone, self.layer = backbone, layer or None
         self.weights = None if weights is None else str(weights)
@@ -137,7 +156,8 @@ class Embedder:
         key = json.dumps({"backbone": backbone, "weights": weights_id(weights), "layer": self.layer,
                           "preprocess": pre}, sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
-        self.cache = _Cache(cache_root() / "embeddings" / self.key) if cache else None
+        folder = Path(cache_dir) if cache_dir is not None else cache_root() / "embeddings"
+        self.cache = _Cache(folder / self.key) if cache else None
         self.stats = EmbedStats()
 
     @property
@@ -153,30 +173,58 @@ class Embedder:
         x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x).float().cpu()                    # (B, D)
 
-    def embed(self, images: torch.Tensor, *, batch_size: int = 64, show_progress: bool = True
-              ) -> torch.Tensor:
-        """uint8 images (N, C, H, W), any size and 1 or 3 channels -> float32 (N, D)."""
+    def embed(self, images: torch.Tensor, *, batch_size: int = 64, show_progress: bool = True,
+              report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """uint8 images (N, C, H, W), any size and 1 or 3 channels -> float32 (N, D).
+
+        report(done, N), when given, is called after the cache lookup and after every
+        batch with the number of images whose embedding is known so far."""
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             raise DatasetError("embed_images needs uint8 images (N, C, H, W); got "
                                f"{getattr(images, 'dtype', type(images).__name__)} with shape "
                                f"{tuple(getattr(images, 'shape', ()))}")
         if images.shape[1] not in (1, 3):
             raise DatasetError(f"images must have 1 or 3 channels; got {images.shape[1]}")
+        keys = image_keys(images) if self.cache is not None else None
+        return self._embed(len(images), keys, lambda idx: images[idx], batch_size=batch_size,
+                           show_progress=show_progress, report=report)
+
+    def embed_by_key(self, keys: np.ndarray, load: Callable[[list[int]], torch.Tensor], *,
+                     batch_size: int = 64, show_progress: bool = True,
+                     report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Embeddings of N images named by content keys the caller already has, uint8
+        (N, 16) (a hash of the file each image comes from): float32 (N, D).
+
+        Only images the cache lacks are loaded: load(indices) -> uint8 (B, C, H, W) for
+        those positions. Two images may share a key only when their pixels are equal.
+        report as for `embed`."""
+        keys = np.asarray(keys, dtype=np.uint8)
+        if keys.ndim != 2 or keys.shape[1] != 16:
+            raise DatasetError(f"embedding keys must be uint8 (N, 16); got shape {keys.shape}")
+        return self._embed(len(keys), keys, load, batch_size=batch_size,
+                           show_progress=show_progress, report=report)
+
+    def _embed(self, n: int, keys: np.ndarray | None, load: Callable[[list[int]], torch.Tensor], *,
+               batch_size: int, show_progress: bool,
+               report: Callable[[int, int], None] | None) -> torch.Tensor:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1; got {batch_size}")
         t0 = time.perf_counter()
-        n = len(images)
         rank, size = world()  # under torchrun: rank 0 reads the cache, each rank embeds a share
-        keys = image_keys(images) if self.cache is not None else None
         known = self.cache.read() if self.cache is not None and rank == 0 else {}
         rows: list[torch.Tensor | None] = [known.get(k.tobytes()) for k in keys] if keys is not None \
             else [None] * n
         todo = [i for i, r in enumerate(rows) if r is None]
         # identical images inside one call are computed once
         first: dict[bytes | int, int] = {}
+        fills: dict[int, int] = {}  # rows each computed image fills (its duplicates too)
         for i in todo:
-            first.setdefault(keys[i].tobytes() if keys is not None else i, i)
+            j = first.setdefault(keys[i].tobytes() if keys is not None else i, i)
+            fills[j] = fills.get(j, 0) + 1
         unique = list(first.values())
+        ready = n - len(todo)
+        if report is not None:
+            report(ready, n)
         if size > 1:  # rank 0's list of images to compute, split r::size across the ranks
             unique = broadcast_from_main(torch.tensor(unique, dtype=torch.int64) if rank == 0
                                          else None, torch.int64).tolist()
@@ -187,9 +235,12 @@ class Embedder:
             chunk = mine[c:c + EMBED_CHUNK]
             outs = []
             for b in range(0, len(chunk), batch_size):
-                idx = torch.tensor(chunk[b:b + batch_size])
-                outs.append(self.forward(images[idx]))
+                idx = chunk[b:b + batch_size]
+                outs.append(self.forward(load(idx)))
                 bar.update(len(idx))
+                if report is not None:
+                    ready += sum(fills.get(i, 0) for i in idx)
+                    report(ready, n)
             emb = torch.cat(outs)                              # (chunk, D)
             for i, e in zip(chunk, emb):
                 rows[i] = e
@@ -231,6 +282,15 @@ def _embedder(backbone: str, layer: str | None, weights, device, cache: bool,
         _EMBEDDERS[key] = Embedder(backbone, layer=layer, weights=weights, device=device, cache=cache,
                                    image_size=image_size)
     return _EMBEDDERS[key]
+
+
+def prune_cache(cache_dir: str | os.PathLike, keep: set[bytes]) -> int:
+    """Drop every cached row whose key is not in `keep`, in each model's folder under
+    `cache_dir` (an Embedder's cache_dir); returns how many rows were dropped."""
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return 0
+    return sum(_Cache(folder).retain(keep) for folder in sorted(root.iterdir()) if folder.is_dir())
 
 
 def embed_images(images: torch.Tensor, backbone: str = "efficientnet_lite0", *,

@@ -7,7 +7,29 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["ImageSet"]
+__all__ = ["ImageSet", "stratified_split"]
+
+
+def stratified_split(labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train index, validation index), each sorted: every class gives round(fraction x
+    its count) to validation, and a class with at least two samples puts at least one
+    in each part. Works on the labels alone (`ImageSet.split` uses it; the teach app
+    splits its stored samples with it without decoding them)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"validation fraction must be between 0 and 1 (exclusive); "
+                           f"got {val_fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
 
 
 @dataclass
@@ -66,21 +88,7 @@ class ImageSet:
 
         Every class with at least two images puts at least one in each part.
         """
-        if not 0.0 < val_fraction < 1.0:
-            raise DatasetError(f"validation fraction must be between 0 and 1 (exclusive); "
-                               f"got {val_fraction}")
-        gen = torch.Generator().manual_seed(seed)
-        train_idx, val_idx = [], []
-        for c in range(self.num_classes):
-            idx = torch.nonzero(self.labels == c).flatten()
-            idx = idx[torch.randperm(len(idx), generator=gen)]
-            n_val = int(round(len(idx) * val_fraction))
-            if len(idx) >= 2:
-                n_val = min(max(n_val, 1), len(idx) - 1)
-            val_idx.append(idx[:n_val])
-            train_idx.append(idx[n_val:])
-        train = torch.cat(train_idx).sort().values
-        val = torch.cat(val_idx).sort().values
+        train, val = stratified_split(self.labels, self.num_classes, val_fraction, seed)
         return self.subset(train), self.subset(val, name=self.name)
 
     def few_shot(self, k: int, seed: int = 0) -> ImageSet:

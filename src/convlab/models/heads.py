@@ -16,7 +16,7 @@ from ..config import HEAD_KINDS
 from ..errors import CheckpointError, ConfigError
 
 __all__ = ["HEAD_KINDS", "EmbeddingHead", "LinearHead", "MLPHead", "KNNHead", "SVMHead",
-           "build_head", "FeaturesModel", "load_features_model"]
+           "build_head", "load_head", "FeaturesModel", "load_features_model"]
 
 
 class EmbeddingHead(nn.Module):
@@ -158,17 +158,14 @@ class FeaturesModel(nn.Module):
         return self.head(self.backbone(x).float())
 
 
-def load_features_model(head_file, meta: dict) -> FeaturesModel:
-    """Rebuild a features run's model: its backbone with pretrained weights (pre-logits or
-    the recorded layer) and its head from `head_file` (safetensors), strictly."""
+def load_head(head_file, meta: dict) -> EmbeddingHead:
+    """A features run's head (eval mode) from `head_file` (safetensors), strictly, with
+    the shape its meta.json records; the backbone is left to the caller (the teach app
+    shares one among every project's heads)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    from .backbone import FeatureExtractor
-    from .registry import model_spec, pretrained_model
-
     try:
-        info = meta["backbone"]
         head = build_head(meta["head"])
     except KeyError as exc:
         raise CheckpointError(f"features run meta.json lacks {exc}") from None
@@ -179,6 +176,19 @@ def load_features_model(head_file, meta: dict) -> FeaturesModel:
     if missing or unexpected:
         raise CheckpointError(f"{head_file} does not fit a {head.kind} head: missing "
                               f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    return head.eval()
+
+
+def load_features_model(head_file, meta: dict) -> FeaturesModel:
+    """Rebuild a features run's model: its backbone with pretrained weights (pre-logits or
+    the recorded layer) and its head from `head_file` (safetensors), strictly."""
+    from .backbone import FeatureExtractor
+    from .registry import model_spec, pretrained_model
+
+    if "backbone" not in meta:
+        raise CheckpointError("features run meta.json lacks 'backbone'")
+    info = meta["backbone"]
+    head = load_head(head_file, meta)
     name = info["name"]
     backbone = pretrained_model(name, weights=info.get("weights"))
     extractor = FeatureExtractor(backbone, model_spec(name).head, info.get("layer"))
