@@ -198,8 +198,25 @@ def wait_trained(client, pid, timeout=300):
 def test_train_preview_and_export(tmp_path, tmp_path_factory, monkeypatch):
     from test_web_browser import shared_cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache(tmp_path_factory)))
-    with TestClient(create_app(tmp_path / "home")) as client:
+    home = tmp_path / "home"
+    with TestClient(create_app(home)) as client:
         check_train_preview_and_export(client, tmp_path)
+        # a deleted sample's embedding leaves the cache when the server starts again
+        pid = client.get("/api/projects").json()[0]["id"]
+        cat = client.get(f"/api/projects/{pid}").json()["classes"][0]["id"]
+        gone = client.get(f"/api/classes/{cat}/samples").json()[0]
+        assert client.delete(f"/api/samples/{gone['id']}").status_code == 204
+    assert cached_keys(home) >= {bytes.fromhex(gone["sha"])[:16]}
+    with TestClient(create_app(home, fast_preview=False)):
+        keys = cached_keys(home)
+    assert len(keys) == 13 and bytes.fromhex(gone["sha"])[:16] not in keys
+
+
+def cached_keys(home) -> set[bytes]:
+    """The keys of every row in the teach app's embeddings cache (HOME/embeddings)."""
+    from safetensors.torch import load_file
+    return {bytes(k.tolist()) for shard in (home / "embeddings").glob("*/*.safetensors")
+            for k in load_file(str(shard))["keys"]}
 
 
 def check_train_preview_and_export(client, tmp_path):
@@ -218,6 +235,8 @@ def check_train_preview_and_export(client, tmp_path):
     # 15% of 7 rounds to 1 held-out image per class; the confusion matrix counts them
     assert m["held_out"] == 2 and m["train"] == 12 and np.sum(m["confusion"]) == 2
     assert model["classes"] == ["cat", "cup"] and m["accuracy"] == 1.0
+    assert m["per_class"] == {"cat": 1.0, "cup": 1.0} and m["confusion"] == [[1, 0], [0, 1]]
+    assert m["embedded"] == 14 and m["from_cache"] == 0
     # preview: a raw JPEG body (a webcam frame) and a multipart file (a dropped image),
     # through ONNX Runtime once the backbone's export is ready
     backbone = client.app.state.backbone
@@ -263,6 +282,13 @@ def check_train_preview_and_export(client, tmp_path):
     r = client.post(f"/api/projects/{pid}/train", json={"head": "knn", "k": 1})
     job = wait_trained(client, pid)
     assert job["state"] == "ready" and len(client.get(f"/api/projects/{pid}/models").json()) == 2
+    m = client.get(f"/api/projects/{pid}/training").json()["model"]["metrics"]
+    assert m["embedded"] == 0 and m["from_cache"] == 14
+    # augmented copies are trained on as well (2 of each of the 12 training images)
+    r = client.post(f"/api/projects/{pid}/train", json={"head": "knn", "augment": True, "copies": 2})
+    assert wait_trained(client, pid)["state"] == "ready"
+    m = client.get(f"/api/projects/{pid}/training").json()["model"]["metrics"]
+    assert m["train"] == 12 and m["train_with_augmentation"] == 36 and m["held_out"] == 2
 
 
 def test_killed_server_mid_training_keeps_every_sample(tmp_path, tmp_path_factory):
@@ -316,6 +342,80 @@ def test_import_folder_of_class_folders(client):
     assert r.status_code == 400 and "class folder" in r.json()["detail"]
     r = client.post(f"/api/projects/{pid}/import", files=[("files", ("../x.png", image_bytes((1, 2, 3)), "image/png"))])
     assert r.status_code == 400
+
+
+def test_import_into_a_missing_project_is_404(client):
+    r = client.post("/api/projects/999/import")
+    assert r.status_code == 404 and "no project with id 999" in r.json()["detail"]
+    files = [("files", ("apple/0.png", image_bytes((200, 0, 0)), "image/png"))]
+    assert client.post("/api/projects/999/import", files=files).status_code == 404
+    assert client.get("/api/projects").json() == []
+
+
+def test_errors_map_to_http_codes_by_type():
+    from convlab.errors import (CheckpointError, Conflict, ConfigError, ConvlabError, DatasetError,
+                                NotFound, TooLarge, UnsupportedImage)
+    from convlab.web.app import http_status
+    assert [http_status(e("x")) for e in (NotFound, Conflict, TooLarge, UnsupportedImage)] == \
+        [404, 409, 413, 415]
+    # everything else a user can get wrong is a 400, subclasses included
+    assert [http_status(e("x")) for e in (ConvlabError, DatasetError, ConfigError, CheckpointError)] == \
+        [400] * 4
+    assert issubclass(UnsupportedImage, DatasetError)
+    assert not any(hasattr(e, "status") for e in (NotFound, Conflict, TooLarge, UnsupportedImage))
+
+
+def test_a_home_from_before_the_embeddings_cache_still_opens(tmp_path):
+    """Homes made when embeddings lived in an SQLite table open; the table is dropped."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with sqlite3.connect(home / "teach.sqlite3") as db:
+        db.executescript("""
+            CREATE TABLE projects(id INTEGER PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL);
+            CREATE TABLE embeddings(sha TEXT NOT NULL, backbone TEXT NOT NULL, vector BLOB NOT NULL,
+                                    PRIMARY KEY(sha, backbone));
+            INSERT INTO projects VALUES (1, 'old', 0);
+            INSERT INTO embeddings VALUES ('ab', 'efficientnet_lite0', x'00000000');""")
+    db.close()
+    with TestClient(create_app(home, fast_preview=False)) as c:
+        assert [p["name"] for p in c.get("/api/projects").json()] == ["old"]
+        assert c.post("/api/projects/1/classes", json={"name": "a"}).status_code == 201
+    with sqlite3.connect(home / "teach.sqlite3") as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert "embeddings" not in tables and {"projects", "classes", "samples", "models"} <= tables
+
+
+def test_embeddings_keyed_by_stored_file_decode_only_what_the_cache_lacks(tmp_path):
+    """The teach app's use of the one embeddings cache: keys from the stored files'
+    hashes, images loaded only when missing, progress reported as (done, total)."""
+    import torch
+
+    from convlab.embed import Embedder, prune_cache
+    from convlab.web.store import embedding_keys
+    images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
+    shas = [f"{i:02x}" * 32 for i in range(5)] + ["00" * 32]   # the last repeats the first file
+    images[5] = images[0]
+    loaded: list[int] = []
+
+    def load(index):
+        loaded.extend(index)
+        return images[index]
+    embedder = Embedder("efficientnet_lite0", image_size=64, cache_dir=tmp_path / "cache")
+    reports: list[tuple[int, int]] = []
+    first = embedder.embed_by_key(embedding_keys(shas), load, batch_size=2, show_progress=False,
+                                  report=lambda d, t: reports.append((d, t)))
+    assert first.shape == (6, 1280) and torch.equal(first[5], first[0])
+    assert sorted(loaded) == [0, 1, 2, 3, 4]                   # the duplicate file computed once
+    assert reports == [(0, 6), (3, 6), (5, 6), (6, 6)]         # rows known after each batch
+    assert torch.allclose(first, embedder.forward(images), atol=1e-5)
+    loaded.clear()
+    again = embedder.embed_by_key(embedding_keys(shas), load, show_progress=False)
+    assert loaded == [] and torch.equal(again, first) and embedder.stats.cached == 6
+    # pruning keeps the rows of the files still in use, and only those
+    assert prune_cache(tmp_path / "cache", {k.tobytes() for k in embedding_keys(shas[:2])}) == 3
+    again = embedder.embed_by_key(embedding_keys(shas), load, show_progress=False)
+    assert sorted(loaded) == [2, 3, 4] and torch.allclose(again, first, atol=1e-5)
 
 
 def test_teach_on_another_host_requires_its_printed_token(tmp_path, tmp_path_factory):

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 __all__ = [
     "ConvlabError", "DatasetError", "ModelError", "CheckpointError", "ConfigError",
     "TrainingError", "TrainingInterrupted", "DistributedError", "ForwardFailed", "closest",
-    "unknown",
+    "unknown", "NotFound", "Conflict", "TooLarge", "UnsupportedImage",
 ]
 
 
@@ -73,3 +73,19 @@ def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> str
     choices = sorted(choices)
     return (f"unknown {kind} '{name}'{closest(name, choices)}; valid: {', '.join(choices)}"
             + (f"; {hint}" if hint else ""))
+
+
+class NotFound(ConvlabError):
+    """A project, class, sample, model or file id that does not exist."""
+
+
+class Conflict(ConvlabError):
+    """The request clashes with the current state (a duplicate name, a running job)."""
+
+
+class TooLarge(ConvlabError):
+    """An upload over the byte or pixel limit."""
+
+
+class UnsupportedImage(DatasetError):
+    """A file that is not an accepted image format (judged by its content)."""

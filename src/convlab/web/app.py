@@ -16,16 +16,28 @@ from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
 from ..files import cache_root
-from ..errors import ConfigError, ConvlabError, DatasetError, unknown
-from .learn import BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TrainOptions, export_project
+from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFound, TooLarge,
+                      UnsupportedImage, unknown)
+from .learn import (BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TorchBackbone, TrainOptions,
+                    export_project)
 from .security import Guard
-from .store import Limits, NotFound, Store, check_name
+from .store import Limits, Store, check_name
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "HTTP_STATUS", "http_status"]
+
+# The HTTP answer to each kind of error; a subclass takes its nearest listed ancestor's.
+HTTP_STATUS: dict[type[ConvlabError], int] = {
+    ConvlabError: 400, NotFound: 404, Conflict: 409, TooLarge: 413, UnsupportedImage: 415,
+}
 
 STATIC = Path(__file__).parent / "static"
 _SHA = re.compile(r"[0-9a-f]{64}")
 SOURCES = ("webcam", "upload", "import")
+
+
+def http_status(exc: ConvlabError) -> int:
+    """The status code HTTP_STATUS gives `exc`'s class or its nearest ancestor there."""
+    return next(HTTP_STATUS[c] for c in type(exc).__mro__ if c in HTTP_STATUS)
 
 
 async def _files_from(request: Request, field: str = "files") -> list[tuple[str, bytes]]:
@@ -49,12 +61,13 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
     """
     store = Store(home, limits)
     recovered = store.recover()
-    jobs = Jobs(store)
+    torch_backbone = TorchBackbone(store.embedding_dir)
+    jobs = Jobs(store, torch_backbone)
     backbone = OnnxBackbone(cache_root() / "onnx") if fast_preview else None
     if backbone is not None:
         backbone.path.parent.mkdir(parents=True, exist_ok=True)
         backbone.start()
-    previewer = Previewer(store, backbone)
+    previewer = Previewer(store, backbone, torch_backbone)
 
     # FastAPI's own /docs pages load their scripts from a CDN; this app works offline, so
     # /docs is a small page of ours that renders /openapi.json.
@@ -67,7 +80,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
 
     @app.exception_handler(ConvlabError)
     async def convlab_error(request: Request, exc: ConvlabError):
-        return JSONResponse({"detail": str(exc)}, status_code=getattr(exc, "status", 400))
+        return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
     # ------------------------------------------------------------------ info
     @app.get("/api/info", summary="Version, backbone, heads and upload limits")
@@ -139,6 +152,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                           "'CLASS/…/image'; the first folder names the class (created when "
                           "missing). Names never become paths on the server.")
     async def import_folder(pid: int, request: Request) -> dict:
+        await run_in_threadpool(store.project, pid)  # 404 for a project that does not exist
         files = await _files_from(request)
         groups: dict[str, list[bytes]] = {}
         for name, data in files:

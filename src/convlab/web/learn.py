@@ -1,33 +1,44 @@
 """Training, preview and export for the teach app, on the transfer-learning engine.
 
-The frozen bundled backbone turns each stored sample into an embedding once
-(kept in the database); a head from `convlab.transfer.fit_head` is trained on them
-in a background thread, one job per project, evaluated on a stratified held-out
-share, and saved as a features run directory. Preview embeds a frame with the same
-backbone and applies the project's latest head.
+A training job is the `features` strategy of `convlab.transfer` on the project's stored
+samples, built from the pieces every pipeline uses: the stratified split of
+`ImageSet.split` (`stratified_split`, on the labels, so nothing is decoded for it),
+embeddings from `convlab.embed.Embedder` with its content-keyed cache in HOME/embeddings
+(keyed by the stored files' hashes, so a cached sample is not even decoded), augmented
+copies through the batched `convlab.data.augment`, a head from `transfer.fit_head`, the
+held-out counts of the classification task (as `evaluate` counts them) and a features
+run directory from `transfer.save_features_run`. Each job runs in a background thread,
+one per project. Preview embeds a frame with the same backbone and applies the
+project's latest head (`models.heads.load_head`, the loader `load_run` uses).
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..errors import ConfigError, ConvlabError, DatasetError
-from .store import Conflict, NotFound, Store, canonical_image
+from ..config import AugmentConfig
+from ..errors import ConfigError, Conflict, ConvlabError, DatasetError, NotFound
+from .store import SAMPLE_SIZE, Store, canonical_image, embedding_keys
 
-__all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "export_project", "HEADS", "BACKBONE",
-           "stratified_holdout", "load_head"]
+__all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "TorchBackbone", "export_project",
+           "HEADS", "BACKBONE", "AUGMENT"]
 
 BACKBONE = "efficientnet_lite0"
 HEADS = ("knn", "linear", "mlp")
 _EMBED_BATCH = 16   # images per embedding step (and per progress update)
+# What the `augment` option turns on: the framing and light a webcam varies. A crop of
+# half the area or more (scaled back), a mirror image half the time, brightness,
+# contrast and saturation x0.8-1.2.
+AUGMENT = AugmentConfig(resized_crop=0.5, hflip=0.5, jitter=0.2)
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class TrainOptions:
     epochs: int = 50           # dense heads: passes over the embeddings
     lr: float = 1e-3           # dense heads: learning rate
     k: int = 3                 # knn: neighbours
-    augment: bool = False      # also train on flipped / cropped / recoloured copies
+    augment: bool = False      # also train on augmented copies (AUGMENT)
     copies: int = 2            # augmented copies per training image
     holdout: float = 0.15      # share of each class held out for the accuracy table
     seed: int = 0
@@ -68,50 +79,28 @@ class TrainOptions:
         except TypeError as exc:
             raise ConfigError(f"bad training options: {exc}") from None
 
-
-def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train index, held-out index): each class gives round(fraction * n), at least one,
-    and keeps at least one for training."""
-    gen = torch.Generator().manual_seed(seed)
-    train, held = [], []
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n = min(max(int(round(len(idx) * fraction)), 1), len(idx) - 1)
-        held.append(idx[:n])
-        train.append(idx[n:])
-    return torch.cat(train).sort().values, torch.cat(held).sort().values
+    def head_options(self) -> dict:
+        """The options of `transfer.fit_head` for this head."""
+        return {"knn": {"k": self.k}, "linear": {},
+                "mlp": {"epochs": self.epochs, "lr": self.lr}}[self.head]
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """uint8 (N, 3, 256, 256) -> a random variant of each: horizontal flip, a crop of
-    70-100% of the side scaled back, brightness and contrast x0.8-1.2."""
-    n, _, h, w = x.shape
-    out = torch.empty_like(x)
-    flips = torch.rand(n, generator=gen) < 0.5
-    scales = 0.7 + 0.3 * torch.rand(n, generator=gen)
-    gains = 0.8 + 0.4 * torch.rand(n, 2, generator=gen)
-    for i in range(n):
-        s = int(h * float(scales[i]))
-        top = int(torch.randint(0, h - s + 1, (1,), generator=gen))
-        left = int(torch.randint(0, w - s + 1, (1,), generator=gen))
-        crop = x[i:i + 1, :, top:top + s, left:left + s].float()
-        crop = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear",
-                                               antialias=True, align_corners=False)[0]
-        if flips[i]:
-            crop = crop.flip(-1)
-        mean = crop.mean()
-        crop = (crop - mean) * gains[i, 1] + mean * gains[i, 0]
-        out[i] = crop.round().clamp(0, 255).to(torch.uint8)
-    return out
+class TorchBackbone:
+    """The bundled backbone in eager torch, as a `convlab.embed.Embedder` whose cache is
+    in the store's home: training embeds with it, and preview uses it until the ONNX
+    file is ready. Built on first use (loading the weights takes a moment)."""
 
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._embedder = None
 
-def _embed(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> float32 (N, D) with the bundled backbone (no disk cache:
-    the store keeps embeddings itself)."""
-    from ..embed import embed_images
-    out = embed_images(images, BACKBONE, cache=False, progress=False, batch_size=_EMBED_BATCH)
-    return out.numpy()
+    def embedder(self):
+        from ..embed import Embedder
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder(BACKBONE, cache_dir=self.cache_dir)
+            return self._embedder
 
 
 @dataclass
@@ -131,12 +120,19 @@ class JobStatus:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def progress(self, stage: str) -> Callable[[int, int], None]:
+        """A report(done, total) callback that shows `stage` with those counts."""
+        def report(done: int, total: int) -> None:
+            self.stage, self.done, self.total = stage, done, total
+        return report
+
 
 class Jobs:
     """Training jobs, one per project at a time, each in its own thread."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backbone: TorchBackbone | None = None) -> None:
         self.store = store
+        self.backbone = backbone if backbone is not None else TorchBackbone(store.embedding_dir)
         self._lock = threading.Lock()
         self._jobs: dict[int, JobStatus] = {}
         self._threads: dict[int, threading.Thread] = {}
@@ -150,10 +146,10 @@ class Jobs:
     def start(self, pid: int, options: TrainOptions) -> JobStatus:
         """Start training project `pid`; Conflict when it is already training."""
         classes, labels, _ = self.store.project_samples(pid)
-        counts = np.bincount(labels, minlength=len(classes)) if classes else np.zeros(0)
+        counts = torch.bincount(torch.tensor(labels, dtype=torch.int64), minlength=len(classes))
         if len(classes) < 2:
             raise DatasetError(f"training needs at least 2 classes; the project has {len(classes)}")
-        short = [c for c, n in zip(classes, counts) if n < 2]
+        short = [c for c, n in zip(classes, counts.tolist()) if n < 2]
         if short:
             raise DatasetError(f"every class needs at least 2 samples (one is held out to measure "
                                f"accuracy); too few in: {', '.join(short)}")
@@ -196,63 +192,53 @@ class Jobs:
             job.finished = time.time()
             job.state, job.message = "failed", msg
 
-    def embeddings(self, shas: list[str], job: JobStatus | None = None) -> np.ndarray:
-        """Embeddings of stored samples (N, D), computing and storing the missing ones."""
-        have = self.store.embeddings(shas, BACKBONE)
-        missing = [s for s in dict.fromkeys(shas) if s not in have]
-        if job is not None:
-            job.stage, job.done, job.total = "embedding", len(shas) - len(missing), len(shas)
-        with self._embed_lock:
-            for i in range(0, len(missing), _EMBED_BATCH):
-                part = missing[i:i + _EMBED_BATCH]
-                x = torch.stack([self.store.read_image(s) for s in part])  # (B, 3, 256, 256)
-                vecs = _embed(x)
-                self.store.put_embeddings(BACKBONE, dict(zip(part, vecs)))
-                have.update(zip(part, vecs))
-                if job is not None:
-                    job.done += len(part)
-        return np.stack([have[s] for s in shas])
-
     def _train(self, job: JobStatus, options: TrainOptions) -> tuple[list[str], dict]:
+        import torch.nn.functional as F
+
+        from ..data.augment import make_augment
+        from ..data.imageset import stratified_split
+        from ..tasks import CLASSIFICATION
         from ..transfer import fit_head, save_features_run
 
         t0 = time.time()
         classes, labels, shas = self.store.project_samples(job.project_id)
         y = torch.tensor(labels, dtype=torch.int64)
-        emb = self.embeddings(shas, job)
-        train_idx, held_idx = stratified_holdout(y, options.holdout, options.seed)
-        x_train, y_train = emb[train_idx.numpy()], y[train_idx].numpy()
+
+        def load(index: list[int]) -> torch.Tensor:
+            return torch.stack([self.store.read_image(shas[i]) for i in index])  # (B, 3, 256, 256)
+
+        embedder = self.backbone.embedder()
+        with self._embed_lock:
+            emb = embedder.embed_by_key(embedding_keys(shas), load, batch_size=_EMBED_BATCH,
+                                        show_progress=False, report=job.progress("embedding"))
+            stats = embedder.stats
+        train_idx, held_idx = stratified_split(y, len(classes), options.holdout, options.seed)
+        x_train, y_train = emb[train_idx], y[train_idx]
         if options.augment:
-            gen = torch.Generator().manual_seed(options.seed)
-            job.stage, job.done, job.total = "augmenting", 0, len(train_idx) * options.copies
-            extra, extra_y = [], []
+            augment = make_augment(AUGMENT, (SAMPLE_SIZE, SAMPLE_SIZE))
             with self._embed_lock:
-                for _ in range(options.copies):
-                    for i in range(0, len(train_idx), _EMBED_BATCH):
-                        part = train_idx[i:i + _EMBED_BATCH].tolist()
-                        x = torch.stack([self.store.read_image(shas[j]) for j in part])
-                        extra.append(_embed(augment_batch(x, gen)))
-                        extra_y.append(y[part].numpy())
-                        job.done += len(part)
-            x_train = np.concatenate([x_train, *extra])
-            y_train = np.concatenate([y_train, *extra_y])
+                extra = _augmented_embeddings(embedder, load, train_idx.tolist(), augment,
+                                              options.copies, options.seed,
+                                              job.progress("augmenting"))   # (copies, n, D)
+            x_train = torch.cat([x_train, extra.flatten(0, 1)])
+            y_train = torch.cat([y_train, y_train.repeat(options.copies)])
         job.stage, job.done, job.total = "fitting", 0, 0   # fit_head reports no steps
-        head_opts = {"knn": {"k": options.k}, "linear": {},
-                     "mlp": {"epochs": options.epochs, "lr": options.lr}}[options.head]
-        head = fit_head(options.head, torch.from_numpy(x_train), torch.from_numpy(y_train),
-                        num_classes=len(classes), seed=options.seed, **head_opts)
+        head = fit_head(options.head, x_train, y_train, num_classes=len(classes), seed=options.seed,
+                        **options.head_options())
         job.stage = "evaluating"
-        probs = head.predict_proba(torch.from_numpy(emb[held_idx.numpy()])).numpy()
-        pred = probs.argmax(1)
-        truth = y[held_idx].numpy()
-        k = len(classes)
-        confusion = np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
-        per_class = {c: float(confusion[i, i] / max(confusion[i].sum(), 1))
-                     for i, c in enumerate(classes)}
-        metrics = {"held_out": int(len(held_idx)), "train": int(len(train_idx)),
-                   "train_with_augmentation": int(len(x_train)),
-                   "accuracy": float((pred == truth).mean()), "per_class": per_class,
-                   "confusion": confusion.tolist(), "seconds": round(time.time() - t0, 2)}
+        truth = y[held_idx]
+        with torch.inference_mode():
+            logits = head(emb[held_idx]).float()                                 # (H, K)
+        loss = float(F.cross_entropy(logits, truth, reduction="sum"))
+        result = CLASSIFICATION.eval_result(CLASSIFICATION.eval_counts(logits, truth, len(classes)),
+                                            loss, list(classes))
+        metrics = {"held_out": result.n, "train": len(train_idx),
+                   "train_with_augmentation": len(x_train), "accuracy": result.top1,
+                   # a class without held-out samples has no accuracy (NaN is not JSON)
+                   "per_class": {c: (None if math.isnan(a) else a) for c, a in result.per_class.items()},
+                   "confusion": result.confusion.tolist(),
+                   "embedded": stats.computed, "from_cache": stats.cached,
+                   "seconds": round(time.time() - t0, 2)}
         job.stage = "saving"
         final = self.store.model_dir / str(job.model_id)
         tmp = final.with_name(f"{job.model_id}.tmp")
@@ -264,15 +250,25 @@ class Jobs:
         return classes, metrics
 
 
-def load_head(run_dir: Path):
-    """The head of a features run (its backbone is the shared embedder's)."""
-    from safetensors.torch import load_model
-
-    from ..checkpoint import MODEL_FILE, read_meta
-    from ..models.heads import build_head
-    head = build_head(read_meta(run_dir)["head"])
-    load_model(head, str(run_dir / MODEL_FILE), strict=True)
-    return head.eval()
+def _augmented_embeddings(embedder, load: Callable[[list[int]], torch.Tensor], index: list[int],
+                          augment: Callable[[torch.Tensor], torch.Tensor], copies: int, seed: int,
+                          report: Callable[[int, int], None]) -> torch.Tensor:
+    """Embeddings of `copies` augmented versions of each image at `index`: float32
+    (copies, len(index), D). Each batch is decoded once for all its copies; the versions
+    are new every time, so they bypass the cache. The augmentation draws from torch's
+    global generator, seeded here and restored afterwards, so a job is reproducible and
+    leaves the process's random state as it found it."""
+    outs: list[torch.Tensor] = []
+    report(0, len(index) * copies)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for b in range(0, len(index), _EMBED_BATCH):
+            x = load(index[b:b + _EMBED_BATCH]).float().div_(255.0)              # (B, 3, H, W)
+            versions = [augment(x).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+                        for _ in range(copies)]
+            outs.append(torch.stack([embedder.forward(v) for v in versions]))  # (copies, B, D)
+            report(min(b + _EMBED_BATCH, len(index)) * copies, len(index) * copies)
+    return torch.cat(outs, dim=1) if outs else torch.zeros(copies, 0, embedder.dim)
 
 
 def _lower_priority() -> None:
@@ -333,24 +329,30 @@ class OnnxBackbone:
         model.pre = model.preprocess
         return model
 
-    def embed(self, images: torch.Tensor) -> np.ndarray | None:
+    def embed(self, images: torch.Tensor) -> torch.Tensor | None:
         """uint8 (N, 3, H, W) -> float32 (N, D), or None while the file is not ready."""
         model = self._model
         if model is None:
             return None
-        return model.logits(model.pre(images)).numpy()        # (N, D)
-
+        return model.logits(model.pre(images))                # (N, D)
 
 class Previewer:
     """Live predictions with a project's latest trained model."""
 
-    def __init__(self, store: Store, backbone: OnnxBackbone | None = None) -> None:
+    def __init__(self, store: Store, backbone: OnnxBackbone | None = None,
+                 torch_backbone: TorchBackbone | None = None) -> None:
+        """backbone: the ONNX backbone (None: eager torch only); torch_backbone: the eager
+        one (shared with the training jobs)."""
         self.store = store
         self.backbone = backbone
+        self.torch_backbone = torch_backbone or TorchBackbone(store.embedding_dir)
         self._lock = threading.Lock()
         self._heads: dict[int, tuple[int, object, list[str]]] = {}  # pid -> (model id, head, classes)
 
     def _head(self, pid: int):
+        from ..checkpoint import MODEL_FILE, read_meta
+        from ..models.heads import load_head
+
         model = self.store.latest_model(pid)
         if model is None:
             self.store.project(pid)
@@ -358,7 +360,8 @@ class Previewer:
         with self._lock:
             cached = self._heads.get(pid)
             if cached is None or cached[0] != model["id"]:
-                head = load_head(self.store.model_dir / str(model["id"]))
+                run_dir = self.store.model_dir / str(model["id"])
+                head = load_head(run_dir / MODEL_FILE, read_meta(run_dir))
                 cached = (model["id"], head, model["classes"])
                 self._heads[pid] = cached
         return cached
@@ -371,8 +374,8 @@ class Previewer:
         emb = self.backbone.embed(img) if self.backbone is not None else None
         engine = "onnxruntime"
         if emb is None:
-            emb, engine = _embed(img), "torch"                    # (1, D)
-        probs = head.predict_proba(torch.from_numpy(emb))[0].numpy()
+            emb, engine = self.torch_backbone.embedder().forward(img), "torch"   # (1, D)
+        probs = head.predict_proba(emb)[0]
         return {"model_id": mid, "classes": classes, "probs": [float(p) for p in probs],
                 "top": classes[int(probs.argmax())], "engine": engine,
                 "ms": round((time.perf_counter() - t0) * 1000, 1)}

@@ -1,11 +1,12 @@
-"""The teach app's storage: SQLite for projects, classes, samples, embeddings and models;
-image files named by the SHA-256 of their bytes.
+"""The teach app's storage: SQLite for projects, classes, samples and models; image files
+named by the SHA-256 of their bytes; embeddings in convlab.embed's cache under the same
+home folder, keyed by those file hashes.
 
 Crash safety: an image file is written to a temporary name, fsynced and renamed
 *before* the row that refers to it commits, so a committed sample always has its
 file. A crash in between leaves at most an unreferenced file or temporary, which
 `recover()` deletes at start-up (with model directories whose training never
-finished). Every change is one transaction. Names of projects and classes live only
+finished, and cached embeddings of images no sample uses). Every change is one transaction. Names of projects and classes live only
 in the database: no path on disk is ever built from them.
 """
 from __future__ import annotations
@@ -29,10 +30,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data import Preprocess, decode_image
 from ..files import atomic_write_bytes
-from ..errors import ConvlabError, DatasetError
+from ..errors import Conflict, ConvlabError, DatasetError, NotFound, TooLarge, UnsupportedImage
 
-__all__ = ["Store", "Limits", "NotFound", "Conflict", "TooLarge", "UnsupportedImage",
-           "SAMPLE_SIZE", "check_name", "canonical_image"]
+__all__ = ["Store", "Limits", "SAMPLE_SIZE", "check_name", "canonical_image", "embedding_keys"]
 
 # Samples are stored as the backbone sees them: a centre square scaled to 256x256
 # (the backbone then crops its 224x224 centre), so thousands of them stay small.
@@ -54,40 +54,16 @@ CREATE TABLE IF NOT EXISTS samples(
   sha TEXT NOT NULL, source TEXT NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_class ON samples(class_id);
 CREATE INDEX IF NOT EXISTS samples_sha ON samples(sha);
-CREATE TABLE IF NOT EXISTS embeddings(
-  sha TEXT NOT NULL, backbone TEXT NOT NULL, vector BLOB NOT NULL,
-  PRIMARY KEY(sha, backbone));
 CREATE TABLE IF NOT EXISTS models(
   id INTEGER PRIMARY KEY,
   project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
   status TEXT NOT NULL, options TEXT NOT NULL, classes TEXT NOT NULL DEFAULT '[]',
   metrics TEXT NOT NULL DEFAULT '{}', error TEXT NOT NULL DEFAULT '',
   created REAL NOT NULL, finished REAL);
+-- embeddings live in convlab.embed's cache now (Store.embedding_dir); homes from before
+-- that kept them in this table, which is dropped once on opening
+DROP TABLE IF EXISTS embeddings;
 """
-
-
-class NotFound(ConvlabError):
-    """A project, class, sample or model id that does not exist."""
-
-    status = 404
-
-
-class Conflict(ConvlabError):
-    """The request clashes with the current state (a duplicate name, a running job)."""
-
-    status = 409
-
-
-class TooLarge(ConvlabError):
-    """An upload over the byte or pixel limit."""
-
-    status = 413
-
-
-class UnsupportedImage(DatasetError):
-    """An upload that is not a JPEG, PNG, WebP or GIF image (judged by content)."""
-
-    status = 415
 
 
 @dataclass(frozen=True)
@@ -139,6 +115,14 @@ def canonical_image(data: bytes, limits: Limits) -> torch.Tensor:
     return _CANONICAL.fit(img[None])[0]                        # (3, 256, 256)
 
 
+def embedding_keys(shas: list[str]) -> np.ndarray:
+    """The embeddings cache's content key of each stored sample: the first 16 bytes of its
+    file's SHA-256, uint8 (N, 16). The file's bytes fix its pixels, so the key stands
+    for them and a cached sample need not be decoded."""
+    raw = b"".join(bytes.fromhex(s)[:16] for s in shas)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, 16)
+
+
 def encode_jpeg(img: torch.Tensor) -> bytes:
     """uint8 (3, H, W) -> JPEG bytes (quality 92; deterministic for equal pixels)."""
     buf = io.BytesIO()
@@ -155,7 +139,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Store:
-    """Projects, classes, samples, embeddings and models under one home folder.
+    """Projects, classes, samples, models and cached embeddings under one home folder.
 
     Thread-safe: each thread gets its own SQLite connection (WAL mode, so readers
     never wait for a writer); writes are short transactions.
@@ -166,6 +150,7 @@ class Store:
         self.limits = limits
         self.blob_dir = self.home / "images"
         self.model_dir = self.home / "models"
+        self.embedding_dir = self.home / "embeddings"  # convlab.embed's cache, one folder per backbone key
         for d in (self.home, self.blob_dir, self.model_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "teach.sqlite3"
@@ -218,7 +203,8 @@ class Store:
 
     def recover(self) -> dict:
         """Start-up clean-up after a crash: drop unreferenced image files and temporaries,
-        mark interrupted trainings failed, delete model folders no row calls ready."""
+        mark interrupted trainings failed, delete model folders no row calls ready, and
+        drop cached embeddings of images no sample uses any more."""
         with self.transaction() as db:
             stopped = db.execute(
                 "UPDATE models SET status='failed', error='the server stopped during training', "
@@ -235,8 +221,10 @@ class Store:
             if path.name not in ready:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
                 dropped += 1
-        with self.transaction() as db:  # embeddings of images no sample uses any more
-            db.execute("DELETE FROM embeddings WHERE sha NOT IN (SELECT sha FROM samples)")
+        if self.embedding_dir.is_dir():
+            from ..embed import prune_cache
+            keep = {k.tobytes() for k in embedding_keys(sorted(referenced))}
+            prune_cache(self.embedding_dir, keep)
         return {"interrupted_trainings": stopped, "orphan_files": removed, "orphan_models": dropped}
 
     def _drop_unreferenced(self, shas: set[str]) -> None:
@@ -389,23 +377,6 @@ class Store:
         rows = self._query("SELECT c.name, s.sha FROM samples s JOIN classes c ON s.class_id=c.id "
                            "WHERE c.project_id=? ORDER BY s.id", (pid,))
         return classes, [index[r[0]] for r in rows], [r[1] for r in rows]
-
-    # ---------------------------------------------------------------- embeddings
-    def embeddings(self, shas: list[str], backbone: str) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for i in range(0, len(shas), 500):
-            part = shas[i:i + 500]
-            marks = ",".join("?" * len(part))
-            for sha, vec in self._query(f"SELECT sha, vector FROM embeddings WHERE backbone=? "
-                                        f"AND sha IN ({marks})", (backbone, *part)):
-                out[sha] = np.frombuffer(vec, dtype=np.float32)
-        return out
-
-    def put_embeddings(self, backbone: str, items: dict[str, np.ndarray]) -> None:
-        with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO embeddings(sha, backbone, vector) VALUES (?,?,?)",
-                           [(sha, backbone, np.asarray(v, np.float32).tobytes())
-                            for sha, v in items.items()])
 
     # -------------------------------------------------------------------- models
     def create_model_row(self, pid: int, options: dict) -> int:
