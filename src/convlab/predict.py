@@ -10,6 +10,7 @@ import torch
 from .checkpoint import Run, load_run
 from .data import Preprocess, decode_image
 from .errors import ConfigError, ModelError
+from .tasks import task_of
 
 __all__ = ["Predictor", "Prediction", "BACKENDS", "classify_images"]
 
@@ -49,18 +50,20 @@ class Predictor:
             self.run = None
             self.preprocess = Preprocess.from_dict(meta["preprocess"])
             self.classes = list(meta["classes"])
+            self.task = task_of(meta)
             return
         self.run = run if isinstance(run, Run) else load_run(run, device)
         self.preprocess = self.run.preprocess
         self.classes = self.run.classes
+        self.task = task_of(self.run.meta)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, C, H, W), any size and 1/3 channels -> probabilities (N, K)."""
         if self.onnx is not None:
-            return self.onnx.logits(self.preprocess(images)).softmax(1)
+            return self.task.decode(self.onnx.logits(self.preprocess(images)))
         x = self.preprocess(images.to(self.device))
-        return self.run.model(x).float().softmax(1).cpu()
+        return self.task.decode(self.run.model(x)).cpu()
 
     def load_images(self, paths: list[str | os.PathLike]) -> list[torch.Tensor]:
         return [decode_image(p, self.preprocess.channels) for p in paths]

@@ -113,6 +113,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     if preprocess is not None:
         base_meta.setdefault("preprocess", preprocess.to_dict())
     base_meta.setdefault("classes", list(train.classes))
+    base_meta.setdefault("task", task.name)
     base_meta["versions"] = library_versions()
     _emit(callbacks, "on_fit_start", state)
     saved = start_epoch  # the last epoch in run_dir
