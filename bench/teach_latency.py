@@ -117,11 +117,12 @@ def reference_torch_ms(frame: bytes, run_dir: Path, n: int) -> list[float]:
     import torch
     torch.set_num_threads(1)
 
+    from convlab.checkpoint import MODEL_FILE, read_meta
     from convlab.embed import embed_images
-    from convlab.web.learn import load_head
+    from convlab.models.heads import load_head
     from convlab.web.store import Limits, canonical_image
 
-    head = load_head(run_dir)
+    head = load_head(run_dir / MODEL_FILE, read_meta(run_dir))
 
     def once():
         img = canonical_image(frame, Limits())[None]

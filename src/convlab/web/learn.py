@@ -1,7 +1,7 @@
 """Training, preview and export for the teach app, on the transfer-learning engine.
 
-A training job is the `features` strategy of `convlab.transfer` on the project's stored
-samples, built from the pieces every pipeline uses: the stratified split of
+A training job does what the `features` strategy of `convlab.transfer` does, on the
+project's stored samples and with the pieces every pipeline uses: the stratified split of
 `ImageSet.split` (`stratified_split`, on the labels, so nothing is decoded for it),
 embeddings from `convlab.embed.Embedder` with its content-keyed cache in HOME/embeddings
 (keyed by the stored files' hashes, so a cached sample is not even decoded), augmented
