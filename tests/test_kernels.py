@@ -12,7 +12,7 @@ from torch import nn
 
 from convlab import kernels
 from convlab.models import create_model
-from convlab.train.loop import fused_bn_relu_pool, training_layout
+from convlab.train.speedups import FusedBNReLUPool, training_twin
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,20 +97,21 @@ def test_running_statistics_follow_batchnorm_including_cumulative_momentum():
         assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 3
 
 
-def test_training_layout_fuses_mnist_cnn_keeps_names_and_restores_it():
+def test_training_twin_fuses_mnist_cnn_and_leaves_the_model_alone():
     torch.manual_seed(0)
     plain, fast = create_model("mnist_cnn", 10, 1), create_model("mnist_cnn", 10, 1)
     fast.load_state_dict(plain.state_dict())
     before, keys = repr(fast), list(fast.state_dict())
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     F.cross_entropy(plain(x), y).backward()
-    with training_layout(fast) as on:
-        assert on and isinstance(fast.network1[2], nn.Identity) and isinstance(fast.network1[3], nn.Identity)
-        assert list(fast.state_dict()) == keys  # checkpoints saved during fit are the same
-        F.cross_entropy(fast(x.contiguous(memory_format=torch.channels_last)), y).backward()
-        fast.eval()  # validation inside fit: BatchNorm's running statistics, the layers as they are
+    with training_twin(fast) as (twin, on):
+        assert on and [type(m) for m in twin.traced.modules()].count(FusedBNReLUPool) == 1
+        assert twin.traced.fused_bn_relu_pool0.bn is fast.network1[1]  # the user's own layer
+        assert repr(fast) == before and list(fast.state_dict()) == keys  # checkpoints the same
+        F.cross_entropy(twin(x.contiguous(memory_format=torch.channels_last)), y).backward()
+        twin.eval()  # validation inside fit: BatchNorm's running statistics, the layers as they are
         plain.eval()
-        torch.testing.assert_close(fast(x), plain(x))
+        torch.testing.assert_close(twin(x), plain(x))
     assert repr(fast) == before and "forward" not in vars(fast.network1[1])
     for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
@@ -121,19 +122,29 @@ def test_blocks_it_cannot_take_are_left_alone():
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(3),  # 3x3 pool
                           nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
-    twin = copy.deepcopy(model)
+    twin_of = copy.deepcopy(model)
     x = torch.randn(2, 3, 23, 23).contiguous(memory_format=torch.channels_last)
-    with fused_bn_relu_pool(model) as n:
-        assert n == 1 and isinstance(model[3], nn.MaxPool2d) and isinstance(model[6], nn.Identity)
+    with training_twin(model) as (twin, _):
+        fused = [m for m in twin.traced.modules() if isinstance(m, FusedBNReLUPool)]
+        assert len(fused) == 1 and fused[0].bn is model[5] and fused[0].pool is model[7]
         # 21x21 -> pool 3 -> 7x7 -> conv -> 5x5: odd, so the layers run as they are
-        out, ref = model(x), twin(x)
+        out, ref = twin(x), twin_of(x)
         torch.testing.assert_close(out, ref)
         out.square().sum().backward()
         ref.square().sum().backward()
-    for (name, a), b in zip(twin.named_parameters(), model.parameters()):
+    for (name, a), b in zip(twin_of.named_parameters(), model.parameters()):
         torch.testing.assert_close(b.grad, a.grad, msg=name)
-    assert isinstance(model[6], nn.ReLU)
-    torch.testing.assert_close(model[5].running_mean, twin[5].running_mean)
+    assert [type(m) for m in model] == [type(m) for m in twin_of]
+    torch.testing.assert_close(model[5].running_mean, twin_of[5].running_mean)
+
+
+def test_the_switch_turns_fusing_off_in_the_twin(monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", None)  # CONVLAB_KERNELS is read when it loads
+    monkeypatch.setenv("CONVLAB_KERNELS", "0")
+    assert not kernels.available()
+    with training_twin(create_model("mnist_cnn", 10, 1)) as (twin, on):
+        assert on and not any(isinstance(m, FusedBNReLUPool) for m in twin.traced.modules())
+        assert "ReLU after MaxPool2d at network1.2" in twin.rewritten
 
 
 def test_module_entry_point_reports_the_built_kernel_and_the_switch_turns_it_off():

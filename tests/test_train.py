@@ -185,28 +185,30 @@ def _float64_twins():
     return x, y, plain, fast
 
 
-def test_channels_last_training_keeps_gradients_and_removes_its_hooks():
-    """The pooling-gradient layout hook changes speed only: the same gradients as plain
-    NCHW, and no hook left on the model afterwards."""
-    from convlab.train.loop import channels_last_training
+def test_channels_last_twin_keeps_gradients_and_hooks_nothing_on_the_model():
+    """The pooling-gradient layout rewrite changes speed only: the same gradients as plain
+    NCHW, and no hook on the user's model, during training or after."""
+    from convlab.train.speedups import training_twin
 
     x, y, plain, fast = _float64_twins()
-    with channels_last_training(fast) as on:
+    with training_twin(fast, fuse=False) as (twin, on):
         assert on and fast.network1[0].weight.is_contiguous(memory_format=torch.channels_last)
-        assert fast.network1[3]._forward_hooks  # the max pool's gradient goes channels_last
-        nn.functional.cross_entropy(fast(x.double().contiguous(memory_format=torch.channels_last)), y).backward()
+        assert "channels_last gradient at network1.3" in twin.rewritten  # the max pool's
+        assert not any(m._forward_hooks for m in fast.modules())
+        nn.functional.cross_entropy(twin(x.double().contiguous(memory_format=torch.channels_last)), y).backward()
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
     assert not any(m._forward_hooks for m in fast.modules())
-    with channels_last_training(create_model("mnist_linear", 10, 1)) as on:
-        assert not on  # no convolutions: nothing to gain
+    linear = create_model("mnist_linear", 10, 1)
+    with training_twin(linear) as (twin, on):
+        assert not on and twin is linear  # no convolutions: nothing to gain
 
 
-def test_training_layout_hands_relu_after_pool_a_channels_last_gradient():
-    """With the ReLU moved after the max pool, the gradient from the flatten is turned
-    channels_last at the ReLU (else ReLU backward mixes layouts, 10x slower); gradients
-    stay those of the plain model, and the model leaves as it came."""
-    from convlab.train.loop import training_layout
+def test_training_twin_hands_relu_after_pool_a_channels_last_gradient():
+    """With the ReLU moved after the max pool (in the twin), the gradient from the
+    flatten is turned channels_last at the ReLU (else ReLU backward mixes layouts, 10x
+    slower); gradients stay those of the plain model, whose layers stay in their order."""
+    from convlab.train.speedups import training_twin
 
     x, y, plain, fast = _float64_twins()
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -221,12 +223,14 @@ def test_training_layout_hands_relu_after_pool_a_channels_last_gradient():
                 self.seen.append(args[:2])  # (gradient, ReLU output)
             return func(*args, **(kwargs or {}))
 
-    with training_layout(fast, fuse=False) as on:  # the layers as they are, not the fused kernel
-        assert on and isinstance(fast.network1[2], nn.MaxPool2d) and isinstance(fast.network1[3], nn.ReLU)
-        loss = nn.functional.cross_entropy(fast(x.double().contiguous(memory_format=torch.channels_last)), y)
+    with training_twin(fast, fuse=False) as (twin, on):  # the layers, not the fused kernel
+        assert on and "ReLU after MaxPool2d at network1.2" in twin.rewritten
+        assert isinstance(fast.network1[2], nn.ReLU) and isinstance(fast.network1[3], nn.MaxPool2d)
+        loss = nn.functional.cross_entropy(twin(x.double().contiguous(memory_format=torch.channels_last)), y)
         with ReluBackwardArgs() as mode:
             loss.backward()
     assert len(mode.seen) == 1
+    assert mode.seen[0][1].shape == (8, 32, 14, 14)  # the ReLU ran on the pooled values
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in mode.seen[0])
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
@@ -236,7 +240,7 @@ def test_training_layout_hands_relu_after_pool_a_channels_last_gradient():
 
 def test_precision_choice_and_bf16_training(tmp_path):
     from convlab._runtime import cpu_has_bf16
-    from convlab.train.loop import uses_bf16
+    from convlab.train.speedups import uses_bf16
 
     cpu = torch.device("cpu")
     assert not uses_bf16("auto", cpu) and not uses_bf16("fp32", cpu)
@@ -254,9 +258,12 @@ def test_precision_choice_and_bf16_training(tmp_path):
     assert result.history[-1].acc > result.history[0].acc and result.history[-1].val_acc == 1.0
 
 
-def test_channels_last_training_allows_in_place_changes_after_pooling():
-    """A module backward hook would refuse `y += 1` on the pool's output; the tensor hook does not."""
-    from convlab.train.loop import channels_last_training
+def test_channels_last_twin_allows_in_place_changes_after_pooling():
+    """A module backward hook would refuse `y += 1` on the pool's output; the tensor hook
+    the twin puts there does not, and the gradients are the module's own."""
+    import copy
+
+    from convlab.train.speedups import training_twin
 
     class PoolThenAdd(nn.Module):
         def __init__(self):
@@ -269,17 +276,23 @@ def test_channels_last_training_allows_in_place_changes_after_pooling():
             return self.fc(torch.relu(y).flatten(1))
 
     model = PoolThenAdd()
-    with channels_last_training(model):
-        model(torch.rand(2, 3, 32, 32)).sum().backward()
+    plain = copy.deepcopy(model)
+    x = torch.rand(2, 3, 32, 32)
+    plain(x).sum().backward()
+    with training_twin(model) as (twin, on):
+        assert on and twin.rewritten == ["channels_last gradient at pool"]
+        twin(x.contiguous(memory_format=torch.channels_last)).sum().backward()
     assert model.conv.weight.grad is not None and torch.isfinite(model.conv.weight.grad).all()
+    for (name, a), b in zip(plain.named_parameters(), model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
 
 
 @pytest.mark.parametrize("name,chans,size", [("mnist_cnn", 1, 28), ("alexnet", 3, 63)])
-def test_relu_after_max_pool_is_exact_and_undone(name, chans, size):
-    """Swapping ReLU -> MaxPool into MaxPool -> ReLU changes nothing but speed: the same
-    outputs and gradients bit for bit (in-place ReLUs included), and the model is
-    restored afterwards."""
-    from convlab.train.loop import channels_last_training, relu_after_max_pool
+def test_relu_after_max_pool_is_exact_and_leaves_the_model_alone(name, chans, size):
+    """Swapping ReLU -> MaxPool into MaxPool -> ReLU (in the twin) changes nothing but
+    speed: the same outputs and gradients bit for bit (in-place ReLUs included), and the
+    model keeps its order throughout."""
+    from convlab.train.speedups import training_twin
 
     torch.manual_seed(0)
     a = create_model(name, 4, chans)
@@ -291,10 +304,11 @@ def test_relu_after_max_pool_is_exact_and_undone(name, chans, size):
     torch.manual_seed(1)  # the same dropout masks
     out_a = a(x)
     out_a.square().sum().backward()
-    with channels_last_training(b, False), relu_after_max_pool(b) as swapped:
-        assert swapped == (1 if name == "mnist_cnn" else 3) and repr(b) != before
+    with training_twin(b, channels_last=False) as (twin, _):
+        swapped = sum(r.startswith("ReLU after MaxPool2d") for r in twin.rewritten)
+        assert swapped == (1 if name == "mnist_cnn" else 3) and repr(b) == before
         torch.manual_seed(1)
-        out_b = b(x)
+        out_b = twin(x)
         out_b.square().sum().backward()
     assert torch.equal(out_a, out_b)
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
