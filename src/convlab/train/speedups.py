@@ -1,8 +1,9 @@
 """Training speed-ups, as one explicit step: a twin of the user's module that trains
 faster and computes what the module computes.
 
-fit and lr-find run their forward and backward passes through `training_twin(model)`;
-callbacks, the optimizer, checkpoints and evaluation see the user's module. The twin is
+fit (and lr-find, which trains through fit) runs its forward and backward passes
+through `training_twin(model)`; callbacks, the optimizer, checkpoints and evaluation see
+the user's module. The twin is
 a torch.fx trace of the module (a GraphModule) that calls the user's own layers, so it
 holds the user's Parameter and buffer objects: an optimizer step, a BatchNorm running
 statistic, a callback's in-place change or a checkpoint load acts on both. The
@@ -40,7 +41,9 @@ random state, same memory format):
   results agree to float rounding.
 - sync-bn (`sync_bn=device`): the twin's trainable BatchNorms become GlobalBatchNorm
   layers holding the user's Parameter and buffer tensors, with statistics over the
-  global batch, which is what sync-bn asks for; the user's module keeps its BatchNorms.
+  global batch, which is what sync-bn asks for; the user's module keeps its BatchNorms
+  (hooks on those do not fire in training, as when sync-bn replaced them in the module).
+  A module fx cannot trace gets the replacement itself, undone when training ends.
 - bfloat16 autocast (`uses_bf16`) is not a rewrite: it is the precision the config asks
   for, and changes the numbers by bfloat16 rounding.
 
