@@ -4,7 +4,7 @@ Every run goes through torchrun (torch.distributed.run, gloo on loopback). The
 reference is 1 process using all cores (OMP_NUM_THREADS=cores); against it, 2 processes
 with cores/2 threads each, and (to separate threading from process scaling) 1 process
 with 1 thread. The same global
-batch and data; the time is one epoch of convlab.train.fit (after a warm-up epoch on a
+batch and data; the time is one epoch of convlab.training.fit (after a warm-up epoch on a
 few batches), measured on rank 0 between barriers; the two set-ups alternate and each
 keeps its best of --rounds. Prints one JSON line; `ratio` is 2-process throughput over
 1-process throughput measured in the same run.
@@ -27,8 +27,8 @@ def worker(images: int, batch_size: int, result: Path) -> None:
     from convlab.config import TrainConfig
     from convlab.data import load_dataset
     from convlab.models import create_model, default_preprocess
-    from convlab.train import fit
-    from convlab.train.distributed import barrier, process_group
+    from convlab.training import fit
+    from convlab.training.distributed import barrier, process_group
 
     with process_group("cpu") as (rank, size):
         data = load_dataset("fashion-mnist", "train").head(images)

@@ -41,7 +41,7 @@ def main() -> None:
     from convlab.data import load_dataset
     from convlab.embed import Embedder
     from convlab.models import create_model, default_preprocess
-    from convlab.train import evaluate, fit
+    from convlab.training import evaluate, fit
     from convlab.transfer import TransferConfig, fit_head, transfer
 
     train_all = load_dataset("fashion-mnist", "train")

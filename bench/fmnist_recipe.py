@@ -18,7 +18,7 @@ import torch
 
 from convlab.config import TrainConfig
 from convlab.recipes import recipe
-from convlab.train import train
+from convlab.training import train
 
 TARGET_ACC, TARGET_SECONDS = 0.94, 600.0
 

@@ -15,7 +15,7 @@ import json
 import time
 
 from convlab.config import TrainConfig
-from convlab.train import train
+from convlab.training import train
 
 LECTURE_TRAIN_ACC = {"mnist_linear": 0.89, "mnist_mlp": 0.91, "mnist_cnn": 0.985}
 

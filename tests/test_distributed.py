@@ -22,10 +22,10 @@ from convlab.checkpoint import load_run, read_meta
 from convlab.config import TrainConfig
 from convlab.errors import CheckpointError, ConfigError, ConvlabError
 from convlab.models import default_preprocess
-from convlab.train import Callback, evaluate, prepare_data, train
+from convlab.training import Callback, evaluate, prepare_data, train
 from convlab.embed import Embedder, embed_images
 from convlab.transfer import TransferConfig, transfer
-from convlab.train.distributed import (GlobalBatchNorm, launch, relaunch_with_torchrun,
+from convlab.training.distributed import (GlobalBatchNorm, launch, relaunch_with_torchrun,
                                        sync_batchnorm)
 
 HERE = Path(__file__).resolve().parent
@@ -197,7 +197,7 @@ class _FailOnRank1(Callback):
 
 
 def _worker(out: Path) -> int:
-    from convlab.train.distributed import process_group
+    from convlab.training.distributed import process_group
 
     with process_group("cpu") as (rank, size):
         assert size == 2, size

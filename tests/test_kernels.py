@@ -12,7 +12,7 @@ from torch import nn
 
 from convlab import kernels
 from convlab.models import create_model
-from convlab.train.speedups import FusedBNReLUPool, training_twin
+from convlab.training.speedups import FusedBNReLUPool, training_twin
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -66,5 +66,5 @@ def test_the_public_api_resolves():
     for name in convlab.__all__:
         value = getattr(convlab, name)
         assert name == "__version__" or callable(value), name  # functions and classes
-    import convlab.train  # noqa: F401  (a subpackage of that name would shadow the function)
-    assert callable(convlab.train)
+    import convlab.training  # noqa: F401  (the package is named apart from the function)
+    assert callable(convlab.train) and convlab.train.__module__ == "convlab.training.run"

@@ -7,7 +7,7 @@ import torch
 from convlab import TrainConfig, TrainingError, load_dataset, lr_find
 from convlab.cli import main
 from convlab.figures.plots import plot_lr_find
-from convlab.train.run import model_for_data
+from convlab.training.run import model_for_data
 
 
 # tiny tensors: one thread is many times faster than two on a shared 2-core machine

@@ -11,8 +11,8 @@ from convlab import Callback, TrainConfig, fit
 from convlab.checkpoint import read_meta
 from convlab.errors import ConfigError
 from convlab.models import create_model, default_preprocess
-from convlab.train import TrainState, evaluate, make_loss
-from convlab.train.regularize import (EarlyStopping, L1Penalty, MaxNorm, craft_callbacks,
+from convlab.training import TrainState, evaluate, make_loss
+from convlab.training.regularize import (EarlyStopping, L1Penalty, MaxNorm, craft_callbacks,
                                       init_weights)
 
 from conftest import make_imageset
@@ -69,7 +69,7 @@ def test_early_stopping_unit_counts_patience():
     model = nn.Linear(1, 1)
     es = EarlyStopping(patience=2, monitor="val_acc")
     state = _state(model, 0.1)
-    from convlab.train import EpochStats
+    from convlab.training import EpochStats
     for epoch, acc in enumerate([0.5, 0.8, 0.7, 0.79], start=1):
         with torch.no_grad():
             model.weight.fill_(epoch)

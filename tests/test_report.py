@@ -13,7 +13,7 @@ from convlab import ImageSet, TrainConfig, evaluate, load_run, train, write_repo
 from convlab.cli import main
 from convlab.figures.plots import plot_history
 from convlab.figures.report import write_run_plots
-from convlab.train.evaluation import confident_mistakes, evaluate_run
+from convlab.training.evaluation import confident_mistakes, evaluate_run
 
 from conftest import make_imageset, write_folder
 

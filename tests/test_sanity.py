@@ -7,8 +7,8 @@ from torch import nn
 
 from convlab import ImageSet, ModelError, create_model, gradcheck
 from convlab.cli import main
-from convlab.train.run import model_for_data
-from convlab.train.sanity import overfit, overfit_subset
+from convlab.training.run import model_for_data
+from convlab.training.sanity import overfit, overfit_subset
 
 from conftest import make_imageset
 

@@ -10,7 +10,7 @@ from convlab.cli import build_parser
 from convlab.cli.options import train_config_from_args
 from convlab.errors import ConfigError
 from convlab.models import create_model, default_preprocess
-from convlab.train.schedules import lr_factor, schedule_curve
+from convlab.training.schedules import lr_factor, schedule_curve
 
 from conftest import make_imageset
 

@@ -10,7 +10,7 @@ from convlab.analysis.learned import conv_kernels, diverging, feature_maps, line
 from convlab.cli import main
 from convlab.config import TrainConfig
 from convlab.models import create_model, model_spec
-from convlab.train import train
+from convlab.training import train
 from conftest import make_imageset
 
 

@@ -1,4 +1,4 @@
-"""The training twin (convlab.train.speedups): fit trains the user's module through a
+"""The training twin (convlab.training.speedups): fit trains the user's module through a
 faster twin that shares its parameters and buffers, and leaves the module as it was."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 
 from convlab import Callback, TrainConfig, fit, kernels, load_run
 from convlab.models import create_model, default_preprocess
-from convlab.train import loop
-from convlab.train.speedups import FusedBNReLUPool, TrainingTwin, training_twin
+from convlab.training import loop
+from convlab.training.speedups import FusedBNReLUPool, TrainingTwin, training_twin
 
 from conftest import make_imageset
 
@@ -275,7 +275,7 @@ def test_sync_bn_replaces_the_batchnorms_in_the_twin_only():
     """With sync-bn the twin's BatchNorms are synchronised ones holding the user's
     parameters and buffers; the user's module keeps its own (in one process they
     compute plain BatchNorm, so the outputs agree)."""
-    from convlab.train.distributed import GlobalBatchNorm
+    from convlab.training.distributed import GlobalBatchNorm
 
     model = create_model("mnist_cnn", 3, 1)
     plain = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -297,7 +297,7 @@ def test_sync_bn_replaces_the_batchnorms_in_the_twin_only():
 
 
 def test_sync_bn_on_an_untraceable_module_is_undone_after_training():
-    from convlab.train.distributed import GlobalBatchNorm
+    from convlab.training.distributed import GlobalBatchNorm
 
     class DataDependent(nn.Module):
         def __init__(self):

@@ -12,7 +12,7 @@ from convlab import Callback, TrainConfig, fit, load_run
 from convlab.checkpoint import META_FILE, MODEL_FILE, read_meta, save_run
 from convlab.errors import CheckpointError, ModelError, TrainingError
 from convlab.models import count_parameters, create_model, default_preprocess
-from convlab.train import TrainingInterrupted, evaluate
+from convlab.training import TrainingInterrupted, evaluate
 
 from conftest import make_imageset
 
@@ -188,7 +188,7 @@ def _float64_twins():
 def test_channels_last_twin_keeps_gradients_and_hooks_nothing_on_the_model():
     """The pooling-gradient layout rewrite changes speed only: the same gradients as plain
     NCHW, and no hook on the user's model, during training or after."""
-    from convlab.train.speedups import training_twin
+    from convlab.training.speedups import training_twin
 
     x, y, plain, fast = _float64_twins()
     with training_twin(fast, fuse=False) as (twin, on):
@@ -208,7 +208,7 @@ def test_training_twin_hands_relu_after_pool_a_channels_last_gradient():
     """With the ReLU moved after the max pool (in the twin), the gradient from the
     flatten is turned channels_last at the ReLU (else ReLU backward mixes layouts, 10x
     slower); gradients stay those of the plain model, whose layers stay in their order."""
-    from convlab.train.speedups import training_twin
+    from convlab.training.speedups import training_twin
 
     x, y, plain, fast = _float64_twins()
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -240,7 +240,7 @@ def test_training_twin_hands_relu_after_pool_a_channels_last_gradient():
 
 def test_precision_choice_and_bf16_training(tmp_path):
     from convlab._runtime import cpu_has_bf16
-    from convlab.train.speedups import uses_bf16
+    from convlab.training.speedups import uses_bf16
 
     cpu = torch.device("cpu")
     assert not uses_bf16("auto", cpu) and not uses_bf16("fp32", cpu)
@@ -263,7 +263,7 @@ def test_channels_last_twin_allows_in_place_changes_after_pooling():
     the twin puts there does not, and the gradients are the module's own."""
     import copy
 
-    from convlab.train.speedups import training_twin
+    from convlab.training.speedups import training_twin
 
     class PoolThenAdd(nn.Module):
         def __init__(self):
@@ -292,7 +292,7 @@ def test_relu_after_max_pool_is_exact_and_leaves_the_model_alone(name, chans, si
     """Swapping ReLU -> MaxPool into MaxPool -> ReLU (in the twin) changes nothing but
     speed: the same outputs and gradients bit for bit (in-place ReLUs included), and the
     model keeps its order throughout."""
-    from convlab.train.speedups import training_twin
+    from convlab.training.speedups import training_twin
 
     torch.manual_seed(0)
     a = create_model(name, 4, chans)

@@ -11,8 +11,6 @@ not by the import.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 from ._version import __version__
 
@@ -26,9 +24,9 @@ _API = {
     "DatasetError": "errors", "ModelError": "errors", "TrainingError": "errors",
     "count_parameters": "models", "create_model": "models", "list_models": "models",
     "Prediction": "predict", "Predictor": "predict",
-    "Callback": "train", "EvalResult": "train", "evaluate": "train", "fit": "train",
-    "train": "train",
-    "lr_find": "train.lr_find", "gradcheck": "train.sanity", "overfit": "train.sanity",
+    "Callback": "training", "EvalResult": "training", "evaluate": "training", "fit": "training",
+    "train": "training",
+    "lr_find": "training.lr_find", "gradcheck": "training.sanity", "overfit": "training.sanity",
     "write_report": "figures.report",
 }
 
@@ -45,17 +43,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-class _Package(types.ModuleType):
-    """Importing the subpackage convlab.train binds its name here, which would hide the
-    public function train() once anything imported the subpackage first (`from convlab
-    import evaluate, train` gave the module): the function keeps the name."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _API.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -79,7 +79,7 @@ class TrainConfig:
     channels_last: bool = True      # NHWC memory layout for 4-D conv activations
     sync_bn: bool = False           # BatchNorm statistics over the global batch across ranks
     precision: str = "auto"         # fp32 | bf16 (autocast) | auto: bf16 on CUDA, fp32 on CPU
-    # schedule: lr x lr_factor(t) before every step (train/schedules.py)
+    # schedule: lr x lr_factor(t) before every step (training/schedules.py)
     schedule: str = "one-cycle"     # constant | step | exponential | inverse-time | sqrt | exp | cosine | one-cycle
     warmup: float = 0.0             # epochs of linear warm-up from 0 (any schedule)
     peak: float = 0.25              # one-cycle: fraction of the run spent warming up to lr
@@ -88,7 +88,7 @@ class TrainConfig:
     step_gamma: float = 0.1         # step: factor per decay
     exp_gamma: float = 0.97         # exponential: factor per epoch
     decay: float = 1.0              # inverse-time 1/(1+k t) and exp(-k t): k per epoch
-    # regularisation (train/regularize.py)
+    # regularisation (training/regularize.py)
     label_smoothing: float = 0.0    # cross-entropy target smoothing
     l1: float = 0.0                 # L1 strength (proximal step after each update)
     max_norm: float = 0.0           # max L2 norm of each unit's incoming weights (0 = off)

@@ -35,7 +35,7 @@ from .models import default_preprocess, model_spec, pretrained_model
 from .models.backbone import FeatureExtractor
 from .models.pretrained import weights_id
 from .progress import progress
-from .train.distributed import broadcast_from_main, gather_shares, world
+from .training.distributed import broadcast_from_main, gather_shares, world
 
 __all__ = ["embed_images", "embed_imageset", "Embedder", "backbone_preprocess", "image_keys",
            "prune_cache", "EMBED_CHUNK"]

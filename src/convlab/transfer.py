@@ -43,7 +43,7 @@ from .errors import ConfigError, DatasetError
 from .models import create_model, model_spec, pretrained_model
 from .models.backbone import layer_groups
 from .models.heads import EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
-from .train import Callback, TrainState, evaluate, fit, is_main, prepare_data, prepare_run_dir
+from .training import Callback, TrainState, evaluate, fit, is_main, prepare_data, prepare_run_dir
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",
            "save_features_run", "transfer", "compare", "FreezeBatchNorm", "advice"]

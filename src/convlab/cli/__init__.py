@@ -45,7 +45,7 @@ def _runner(args: argparse.Namespace):
     if not getattr(args, "torchrun", False):
         return args.run
     from .._runtime import tune_malloc
-    from ..train.distributed import torchrun_command
+    from ..training.distributed import torchrun_command
 
     tune_malloc()
     return torchrun_command(args.run)

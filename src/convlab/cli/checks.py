@@ -16,7 +16,7 @@ __all__ = ["register"]
 def _load_for_model(args: argparse.Namespace, config: TrainConfig):
     """(training images, fresh model, preprocessing) for DATA and --model."""
     from ..models import model_spec
-    from ..train.run import model_for_data, prepare_data
+    from ..training.run import model_for_data, prepare_data
 
     model_spec(args.model)  # an unknown name fails before any data is loaded
     train_set, _, _ = prepare_data(args.dataset, config, channels=args.channels,
@@ -27,8 +27,8 @@ def _load_for_model(args: argparse.Namespace, config: TrainConfig):
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from ..figures.plots import plot_lr_find
-    from ..train import resolve_device
-    from ..train.lr_find import lr_find
+    from ..training import resolve_device
+    from ..training.lr_find import lr_find
 
     config = TrainConfig(batch_size=args.batch_size, optimizer=args.optimizer,
                          momentum=args.momentum, weight_decay=args.weight_decay, loss=args.loss,
@@ -53,8 +53,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_overfit(args: argparse.Namespace) -> int:
-    from ..train import resolve_device
-    from ..train.sanity import overfit
+    from ..training import resolve_device
+    from ..training.sanity import overfit
 
     data, model, preprocess = _load_for_model(args, TrainConfig(val_split=0.0, seed=args.seed))
     result = overfit(model, data, preprocess, n=args.n, lr=args.lr, max_epochs=args.max_epochs,
@@ -82,7 +82,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     import torch
 
     from ..models import create_model, model_spec
-    from ..train.sanity import gradcheck
+    from ..training.sanity import gradcheck
 
     spec = model_spec(args.model)
     # small but valid: big models accept inputs far below their training size

@@ -23,7 +23,7 @@ def step_train(out: Path) -> None:
     from ..config import TrainConfig
     from ..data import load_dataset
     from ..predict import Predictor
-    from ..train import train
+    from ..training import train
 
     _banner("train mnist_cnn (the lecture's mnist3) on Fashion-MNIST, 2 epochs")
     run_dir = out / "mnist_cnn-fashion-mnist"

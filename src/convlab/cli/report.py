@@ -8,8 +8,8 @@ __all__ = ["register"]
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..figures.report import write_report
-    from ..train import resolve_device
-    from ..train.evaluation import evaluate_run, evaluation_stale
+    from ..training import resolve_device
+    from ..training.evaluation import evaluate_run, evaluation_stale
 
     device = resolve_device(args.device)
     evaluation = None

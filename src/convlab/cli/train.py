@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..training import train
 
     args.model = model_from_args(args)  # --model, or the --recipe's model
     cfg = train_config_from_args(args)
@@ -25,11 +25,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.test is not None:
         print(f"test: top-1 accuracy {result.test.top1:.4f}, top-5 accuracy {result.test.top5:.4f} "
               f"({result.test.n:,} images)")
-    from ..train import is_main, resolve_device
+    from ..training import is_main, resolve_device
     if is_main():  # evaluation.json (counts, most confident mistakes), then curves and figures
         from ..figures.report import write_run_plots
-        from ..train.distributed import alone
-        from ..train.evaluation import evaluate_run
+        from ..training.distributed import alone
+        from ..training.evaluation import evaluate_run
         with alone():  # the other ranks do not join this evaluation
             evaluation = evaluate_run(out, device=resolve_device(args.device))
         written = write_run_plots(out, data=evaluation.data if evaluation else None)
@@ -44,8 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import load_run
     from ..data import list_datasets, load_dataset
-    from ..train import evaluate, resolve_device
-    from ..train.splits import has_test_split
+    from ..training import evaluate, resolve_device
+    from ..training.splits import has_test_split
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)

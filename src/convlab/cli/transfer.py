@@ -31,7 +31,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset, list_datasets
     from ..embed import Embedder
-    from ..train import is_main, resolve_device
+    from ..training import is_main, resolve_device
 
     name = args.dataset
     data = load_dataset(name, args.split, size=None if name in list_datasets() else args.image_size or 224)
@@ -73,7 +73,7 @@ def _fmt(v) -> str:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from ..train import resolve_device
+    from ..training import resolve_device
     from ..transfer import compare, transfer
 
     cfg = train_config_from_args(args)

@@ -3,7 +3,7 @@ evaluates.
 
 write_run_plots() draws into a run: history.png (loss, accuracy, learning rate by
 epoch, from meta.json's metrics), and from RUN/evaluation.json (written by
-convlab.train.evaluation.evaluate_run) confusion.png and mistakes.png (the most
+convlab.training.evaluation.evaluate_run) confusion.png and mistakes.png (the most
 confidently wrong images). write_report() puts these with the configuration and the
 environment into one self-contained report.html: images inlined as data URIs, inline
 CSS, no scripts, no links out, so it opens offline and can be mailed as one file.
@@ -218,7 +218,7 @@ def write_report(run_dir: str | os.PathLike, *, data: ImageSet | None = None,
     confusion matrix, most confidently wrong images, configuration and environment.
 
     The evaluation is read from RUN/evaluation.json, which this does not make (see
-    convlab.train.evaluation.evaluate_run; `convlab report` runs it first when missing
+    convlab.training.evaluation.evaluate_run; `convlab report` runs it first when missing
     or stale). The plots are (re)drawn when missing, older than meta.json or
     evaluation.json, or with `refresh`; `data` is passed on to write_run_plots() for
     the mistakes grid. `device` is where the model is loaded to count its parameters.

@@ -8,7 +8,7 @@ and two passes backward (the first over pooled-size arrays only); it keeps the p
 output, one byte of window position and the input value there. Fewer passes over the
 activations make it several times faster than the three ATen layers, and its float64
 statistics keep it at least as close to a float64 reference as they are
-(tests/test_kernels.py). Training uses it through convlab.train.speedups.
+(tests/test_kernels.py). Training uses it through convlab.training.speedups.
 
 It is compiled once, at install time (`python -m convlab.kernels`, which the Makefile
 runs), against the installed torch, into the environment's share/convlab/kernels. At run
