@@ -2,8 +2,8 @@
 a real run needs: progress, per-epoch checkpoints, exact resume, NaN and Ctrl-C handling.
 
 The loop announces a few named events to callbacks (on_fit_start, on_epoch_start,
-on_batch_end, on_epoch_end, on_fit_end), which is where schedules, early stopping
-and other training-craft features plug in.
+on_batch_start, on_batch_end, on_epoch_end, on_fit_end), which is where schedules,
+early stopping, the lr range test and other training-craft features plug in.
 """
 from __future__ import annotations
 
@@ -91,16 +91,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     if augment is None:
         augment = make_augment(config.augment, preprocess.size) if preprocess is not None else None
     state = TrainState(model, optimizer, config)
-    start_epoch = 0
-    if resume and run_dir is not None:
-        with main_first():  # rank 0 finishes an interrupted save before the others read
-            if (run_dir / "meta.json").exists():
-                start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
-    lo, hi = same_everywhere(start_epoch) if resume else (start_epoch, start_epoch)
-    if lo != hi:
-        raise CheckpointError(f"--resume: the processes found different checkpoints in {run_dir} "
-                              f"(epochs {lo} to {hi}); on several machines the run directory "
-                              f"must be on a file system they all share")
+    start_epoch = _resume(run_dir, model, optimizer, callbacks, state) if resume else 0
     net = (DistributedDataParallel(twin, device_ids=[device.index] if device.type == "cuda" else None)
            if size > 1 else twin)
     batches = Batches(train, config.batch_size, preprocess, shuffle=True, seed=config.seed,
@@ -108,13 +99,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
                       channels_last=channels_last)
     state.steps_per_epoch = len(batches)
     state.step = start_epoch * len(batches)
-    base_meta = dict(meta or {})
-    base_meta.setdefault("train", config.to_dict())
-    if preprocess is not None:
-        base_meta.setdefault("preprocess", preprocess.to_dict())
-    base_meta.setdefault("classes", list(train.classes))
-    base_meta.setdefault("task", task.name)
-    base_meta["versions"] = library_versions()
+    base_meta = _run_meta(meta, config, preprocess, train, task)
     _emit(callbacks, "on_fit_start", state)
     saved = start_epoch  # the last epoch in run_dir
     try:
@@ -124,61 +109,18 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
             net.train()
             batches.set_epoch(epoch)
             _emit(callbacks, "on_epoch_start", state)
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            counts = 0  # the sum of the task's training counts (a tensor after one batch)
-            seen = 0
             bar = progress(len(batches), f"Epoch {epoch}/{config.epochs}", "batch",
                            enabled=verbose and main)
-            for b, (x, y) in enumerate(batches):
-                state.batch = b
-                _emit(callbacks, "on_batch_start", state)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = net(x)
-                    # a rank's share of a short last batch can be empty
-                    loss = loss_fn(logits, y) if len(y) else logits.sum() * 0.0
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    bar.close()
-                    raise TrainingError(
-                        f"loss became {value} at epoch {epoch}, batch {b + 1}; try a lower "
-                        f"learning rate (now {optimizer.param_groups[0]['lr']:g})"
-                        + (f"; {run_dir} still holds epoch {epoch - 1}" if run_dir and epoch > 1 else ""))
-                optimizer.zero_grad(set_to_none=True)
-                if size > 1:
-                    # DDP averages gradients over ranks with equal weight; weighting each
-                    # rank's mean loss by its share of this global batch makes the update
-                    # one process's, also when the batch does not split evenly.
-                    global_n = min(config.batch_size, len(train) - b * config.batch_size)
-                    (loss * (len(y) * size / global_n)).backward()
-                else:
-                    loss.backward()
-                optimizer.step()
-                state.step += 1
-                state.loss = loss.detach()
-                loss_sum += value * len(y)
-                counts = counts + task.train_counts(logits, y)
-                seen += len(y)
-                _emit(callbacks, "on_batch_end", state)
-                bar.update(1)
-                if b % 20 == 0:
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
-                                    **{k: f"{v:.4f}" for k, v in task.train_metrics(counts, seen).items()})
-                if state.stop:
-                    break
-            bar.close()
+            try:
+                loss_sum, seen, counts = _train_epoch(
+                    net, batches, state, callbacks, bar, loss_fn=loss_fn, task=task, amp=amp,
+                    device=device, size=size, n_train=len(train), run_dir=run_dir)
+            finally:
+                bar.close()
             broadcast_buffers(model)  # every rank evaluates (and rank 0 saves) one set of BN stats
-            totals = all_reduce_sum(torch.cat([loss_sum.view(1),
-                                               torch.tensor([float(seen)], dtype=torch.float64),
-                                               counts]))
-            train_metrics = task.train_metrics(totals[2:], int(totals[1]))
-            val_loss = val_acc = None
-            if val is not None and len(val):
-                r = evaluate(model, val, preprocess, device=device, channels_last=channels_last,
-                             loss_fn=loss_fn, task=task)
-                val_loss, val_acc = r.loss, r.top1
-            stats = EpochStats(epoch, float(totals[0] / totals[1]), train_metrics["acc"],
-                               val_loss, val_acc, float(optimizer.param_groups[0]["lr"]),
-                               time.perf_counter() - t0)
+            stats = _epoch_stats(state, model, val, loss_sum, seen, counts, t0,
+                                 preprocess=preprocess, loss_fn=loss_fn, task=task,
+                                 device=device, channels_last=channels_last)
             state.history.append(stats)
             _emit(callbacks, "on_epoch_end", state, stats)
             stats.seconds = time.perf_counter() - t0
@@ -204,6 +146,99 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     if main and run_dir is not None:  # callbacks may have changed the weights (best epoch)
         _save(run_dir, model, optimizer, callbacks, state, base_meta, done=True)
     return FitResult(state.history, len(state.history), stopped_early=state.stop)
+
+
+def _train_epoch(net: nn.Module, batches: Batches, state: TrainState, callbacks: Sequence[Callback],
+                 bar, *, loss_fn, task: Task, amp: bool, device: torch.device, size: int,
+                 n_train: int, run_dir: Path | None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """One pass over `batches`: (loss summed over samples, samples seen, the task's
+    training counts), for this process's share."""
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    counts = 0  # the sum of the task's training counts (a tensor after one batch)
+    seen = 0
+    for b, (x, y) in enumerate(batches):
+        state.batch = b
+        _emit(callbacks, "on_batch_start", state)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x)
+            # a rank's share of a short last batch can be empty
+            loss = loss_fn(logits, y) if len(y) else logits.sum() * 0.0
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"loss became {value} at epoch {state.epoch}, batch {b + 1}; try a lower "
+                f"learning rate (now {state.optimizer.param_groups[0]['lr']:g})"
+                + (f"; {run_dir} still holds epoch {state.epoch - 1}" if run_dir and state.epoch > 1 else ""))
+        state.optimizer.zero_grad(set_to_none=True)
+        if size > 1:
+            # DDP averages gradients over ranks with equal weight; weighting each
+            # rank's mean loss by its share of this global batch makes the update
+            # one process's, also when the batch does not split evenly.
+            global_n = min(state.config.batch_size, n_train - b * state.config.batch_size)
+            (loss * (len(y) * size / global_n)).backward()
+        else:
+            loss.backward()
+        state.optimizer.step()
+        state.step += 1
+        state.loss = loss.detach()
+        loss_sum += value * len(y)
+        counts = counts + task.train_counts(logits, y)
+        seen += len(y)
+        _emit(callbacks, "on_batch_end", state)
+        bar.update(1)
+        if b % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
+                            **{k: f"{v:.4f}" for k, v in task.train_metrics(counts, seen).items()})
+        if state.stop:
+            break
+    return loss_sum, seen, counts
+
+
+def _epoch_stats(state: TrainState, model: nn.Module, val, loss_sum: torch.Tensor, seen: int,
+                 counts: torch.Tensor, t0: float, *, preprocess, loss_fn, task: Task,
+                 device: torch.device, channels_last: bool) -> EpochStats:
+    """The epoch's line: training loss and metrics summed over every process, and the
+    validation loss and accuracy (evaluated on the user's module, as callbacks see it)."""
+    totals = all_reduce_sum(torch.cat([loss_sum.view(1),
+                                       torch.tensor([float(seen)], dtype=torch.float64), counts]))
+    train_metrics = task.train_metrics(totals[2:], int(totals[1]))
+    val_loss = val_acc = None
+    if val is not None and len(val):
+        r = evaluate(model, val, preprocess, device=device, channels_last=channels_last,
+                     loss_fn=loss_fn, task=task)
+        val_loss, val_acc = r.loss, r.top1
+    return EpochStats(state.epoch, float(totals[0] / totals[1]), train_metrics["acc"], val_loss,
+                      val_acc, float(state.optimizer.param_groups[0]["lr"]),
+                      time.perf_counter() - t0)
+
+
+def _run_meta(meta: dict | None, config: TrainConfig, preprocess: Preprocess | None,
+              train: ImageSet | FeatureSet, task: Task) -> dict:
+    """What every checkpoint's meta.json holds besides the metrics: the caller's `meta`,
+    the config, preprocessing, classes, task and library versions."""
+    base = dict(meta or {})
+    base.setdefault("train", config.to_dict())
+    if preprocess is not None:
+        base.setdefault("preprocess", preprocess.to_dict())
+    base.setdefault("classes", list(train.classes))
+    base.setdefault("task", task.name)
+    base["versions"] = library_versions()
+    return base
+
+
+def _resume(run_dir: Path | None, model, optimizer, callbacks, state: TrainState) -> int:
+    """The epoch to continue after (0 without a checkpoint), the same in every process."""
+    start_epoch = 0
+    if run_dir is not None:
+        with main_first():  # rank 0 finishes an interrupted save before the others read
+            if (run_dir / "meta.json").exists():
+                start_epoch = _restore(run_dir, model, optimizer, callbacks, state)
+    lo, hi = same_everywhere(start_epoch)
+    if lo != hi:
+        raise CheckpointError(f"--resume: the processes found different checkpoints in {run_dir} "
+                              f"(epochs {lo} to {hi}); on several machines the run directory "
+                              f"must be on a file system they all share")
+    return start_epoch
 
 
 def _save(run_dir: Path, model, optimizer, callbacks, state: TrainState, meta: dict,
