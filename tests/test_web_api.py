@@ -418,6 +418,44 @@ def test_embeddings_keyed_by_stored_file_decode_only_what_the_cache_lacks(tmp_pa
     assert sorted(loaded) == [2, 3, 4] and torch.allclose(again, first, atol=1e-5)
 
 
+def test_other_threads_modules_keep_working_while_a_head_trains():
+    """The server predicts in request threads while a job trains an mlp head (through
+    fit): nothing the training does may break module calls in other threads."""
+    import sys
+    import threading
+
+    import torch
+
+    from convlab.transfer import fit_head
+    head = fit_head("linear", torch.randn(20, 16), torch.arange(20) % 2)
+    errors: list[str] = []
+    calls = 0
+    stop = threading.Event()
+
+    def preview() -> None:
+        nonlocal calls
+        while not stop.is_set():
+            try:
+                head.predict_proba(torch.randn(1, 16))
+                calls += 1
+            except Exception as exc:  # noqa: BLE001 - any failure is what the test reports
+                errors.append(f"{type(exc).__name__}: {exc}")
+    # hand the GIL over often, so the preview thread also runs inside the trainer's
+    # shortest windows (fx tracing once broke other threads' module calls in one)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread = threading.Thread(target=preview)
+    thread.start()
+    try:
+        for seed in range(3):
+            fit_head("mlp", torch.randn(40, 16), torch.arange(40) % 2, epochs=3, seed=seed)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert calls > 0 and errors == [], errors[:3]
+
+
 def test_teach_on_another_host_requires_its_printed_token(tmp_path, tmp_path_factory):
     import os
     import re

@@ -177,6 +177,12 @@ class TrainingTwin(nn.Module):
     def _build(self) -> None:
         channels_last, fuse, sync_bn = self._options
         self.traced, self.rewritten, self._watched, self._synced = None, [], [], []
+        if not any(isinstance(m, (*_POOLS, nn.modules.batchnorm._BatchNorm))
+                   for m in self.model.modules()):
+            # every rewrite starts at a pool or a BatchNorm, so there is nothing to trace
+            # for; and fx patches nn.Module.__call__ process-wide while it traces, which
+            # breaks modules that other threads call meanwhile (the teach server's previews)
+            return
         traced = _trace(self.model)
         synced: list[tuple[str, nn.Module, nn.Module]] | None = []
         if traced is not None and sync_bn is not None:
