@@ -6,8 +6,9 @@ Crash safety: an image file is written to a temporary name, fsynced and renamed
 *before* the row that refers to it commits, so a committed sample always has its
 file. A crash in between leaves at most an unreferenced file or temporary, which
 `recover()` deletes at start-up (with model directories whose training never
-finished, and cached embeddings of images no sample uses). Every change is one transaction. Names of projects and classes live only
-in the database: no path on disk is ever built from them.
+finished, and cached embeddings of images no sample uses). Every change is one
+transaction. Names of projects and classes live only in the database: no path on disk
+is ever built from them.
 """
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ class Store:
         self.limits = limits
         self.blob_dir = self.home / "images"
         self.model_dir = self.home / "models"
-        self.embedding_dir = self.home / "embeddings"  # convlab.embed's cache, one folder per backbone key
+        self.embedding_dir = self.home / "embeddings"  # convlab.embed's cache (a folder per backbone)
         for d in (self.home, self.blob_dir, self.model_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "teach.sqlite3"
