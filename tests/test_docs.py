@@ -66,12 +66,16 @@ def test_benchmarks_page_shows_the_newest_record_and_the_unrecorded(gen_docs):
          "result": {"bench": "a", "ratio": 1.25, "images_per_s": 10.5}},
         {"date": "2030-01-02T10:00:00Z", "script": "bench/a.py", "args": ["--rounds", "1"],
          "machine": machine, "result": {"bench": "a", "ratio": 2.5, "images_per_s": 20.0,
-                                        "samples": {"one": [1.5, 2]}}},
+                                        "samples": {"one": [1.5, 2]},
+                                        "results": {"10": {"knn": {"acc": 0.72, "ratio_to_ref": 0.98},
+                                                           "scratch": {"acc": 0.7319}}}}},
     ]
     page = gen_docs.render_benchmarks(records, ["bench/a.py", "bench/b.py"])
     a = page.split("\n## a\n", 1)[1].split("\n## ", 1)[0]
     assert "| ratio | 2.5x |" in a and "1.25x" not in page   # ratios as ratios, newest only
-    assert "| images_per_s | 20 |" in a and "| samples.one | 1.5, 2 |" in a
+    assert "| images_per_s | 20.0 |" in a and "| samples.one | 1.5, 2 |" in a
+    assert "|  | acc | ratio_to_ref |" in a            # a nested result is a grid
+    assert "| 10 / knn | 0.72 | 0.98x |" in a and "| 10 / scratch | 0.7319 |  |" in a
     assert "2030-01-02 10:00:00 UTC" in a and "python bench/a.py --rounds 1" in a
     assert "Linux-test, 2 CPUs, Test CPU @ 1GHz" in a
     b = page.split("\n## b\n", 1)[1]

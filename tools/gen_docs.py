@@ -198,6 +198,41 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
     return [(prefix, value)]
 
 
+def _depth(value) -> int:
+    """How many dict levels lie above the values; -1 when the levels are uneven."""
+    if not isinstance(value, dict) or not value:
+        return 0
+    depths = {_depth(v) for v in value.values()}
+    return 1 + depths.pop() if len(depths) == 1 and -1 not in depths else -1
+
+
+def _grid(value: dict, path: tuple = ()) -> list[tuple[tuple, dict]]:
+    """(row path, innermost dict) of a nested result such as {shots: {method: {...}}}."""
+    if _depth(value) == 1:
+        return [(path, value)]
+    return [row for key, v in value.items() for row in _grid(v, path + (str(key),))]
+
+
+def _result_tables(result: dict) -> list[str]:
+    """One measure/value table; a nested result (2 or more dict levels) gets its own grid,
+    a row per inner path and a column per measure."""
+    scalars = {k: v for k, v in result.items() if k != "bench" and _depth(v) < 2}
+    lines = ["| measure | value |", "|---|---|"]
+    lines += [f"| {_md(key)} | {_format(key, value)} |" for key, value in _flatten(scalars)]
+    for key, value in result.items():
+        if key == "bench" or _depth(value) < 2:
+            continue
+        rows = _grid(value)
+        columns = list(dict.fromkeys(c for _, inner in rows for c in inner))
+        lines += ["", f"**{_md(key)}**", "",
+                  "| " + " | ".join(["", *map(_md, columns)]) + " |",
+                  "|" + "---|" * (len(columns) + 1)]
+        lines += ["| " + " | ".join([_md(" / ".join(path)),
+                                     *(_format(c, inner[c]) if c in inner else "" for c in columns)])
+                  + " |" for path, inner in rows]
+    return lines
+
+
 def _is_ratio(key: str) -> bool:
     last = key.rsplit(".", 1)[-1]
     return "ratio" in last or "speedup" in last
@@ -211,11 +246,11 @@ def _format(key: str, value) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower() if isinstance(value, bool) else "-"
     if isinstance(value, (int, float)) and _is_ratio(key):
-        return f"{value:g}x"
+        return f"{value!r}x"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value)  # every digit the benchmark printed, no rounding
     return _md(str(value)).replace("|", r"\|")
 
 
@@ -281,11 +316,8 @@ def render_benchmarks(records: list[dict] | None = None, scripts: list[str] | No
             f"- machine: {m['platform']}, {m['cpus']} CPUs, {_md(m['cpu_model'])}"
             + (f", Python {m['python']}" if m.get("python") else ""),
             "",
-            "| measure | value |",
-            "|---|---|",
         ]
-        lines += [f"| {_md(key)} | {_format(key, value)} |"
-                  for key, value in _flatten(entry["result"]) if key != "bench"]
+        lines += _result_tables(entry["result"])
     return "\n".join(lines) + "\n"
 
 
