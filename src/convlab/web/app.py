@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
-from fastapi import Body, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -82,59 +82,81 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
     async def convlab_error(request: Request, exc: ConvlabError):
         return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
-    # ------------------------------------------------------------------ info
-    @app.get("/api/info", summary="Version, backbone, heads and upload limits")
+    for routes in (_info_routes(limits), _project_routes(store, jobs), _sample_routes(store),
+                   _training_routes(store, jobs, previewer), _export_routes(store), _ui_routes()):
+        app.include_router(routes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)
+    return app
+
+
+def _info_routes(limits: Limits) -> APIRouter:
+    """Version, backbone, heads and upload limits."""
+    router = APIRouter()
+
+    @router.get("/api/info", summary="Version, backbone, heads and upload limits")
     def info() -> dict:
         return {"version": __version__, "backbone": BACKBONE, "heads": list(HEADS),
                 "defaults": TrainOptions().__dict__,
                 "limits": {"file_bytes": limits.file_bytes, "pixels": limits.pixels,
                            "request_bytes": limits.request_bytes}}
 
-    # -------------------------------------------------------------- projects
-    @app.get("/api/projects", summary="All projects with class and sample counts")
+    return router
+
+
+def _project_routes(store: Store, jobs: Jobs) -> APIRouter:
+    """Projects and their classes."""
+    router = APIRouter()
+
+    @router.get("/api/projects", summary="All projects with class and sample counts")
     def list_projects() -> list[dict]:
         return store.projects()
 
-    @app.post("/api/projects", status_code=201, summary="Create a project")
+    @router.post("/api/projects", status_code=201, summary="Create a project")
     def create_project(name: str = Body(..., embed=True)) -> dict:
         return store.create_project(name)
 
-    @app.get("/api/projects/{pid}", summary="A project with its classes and latest model")
+    @router.get("/api/projects/{pid}", summary="A project with its classes and latest model")
     def get_project(pid: int) -> dict:
         out = store.project(pid)
         out["model"] = store.latest_model(pid)
         out["training"] = jobs.status(pid)
         return out
 
-    @app.patch("/api/projects/{pid}", summary="Rename a project")
+    @router.patch("/api/projects/{pid}", summary="Rename a project")
     def rename_project(pid: int, name: str = Body(..., embed=True)) -> dict:
         return store.rename_project(pid, name)
 
-    @app.delete("/api/projects/{pid}", status_code=204, summary="Delete a project and its samples")
+    @router.delete("/api/projects/{pid}", status_code=204, summary="Delete a project and its samples")
     def delete_project(pid: int) -> Response:
         store.delete_project(pid)
         return Response(status_code=204)
 
-    # --------------------------------------------------------------- classes
-    @app.post("/api/projects/{pid}/classes", status_code=201, summary="Add a class")
+    @router.post("/api/projects/{pid}/classes", status_code=201, summary="Add a class")
     def add_class(pid: int, name: str = Body(..., embed=True)) -> dict:
         return store.add_class(pid, name)
 
-    @app.patch("/api/classes/{cid}", summary="Rename a class")
+    @router.patch("/api/classes/{cid}", summary="Rename a class")
     def rename_class(cid: int, name: str = Body(..., embed=True)) -> dict:
         return store.rename_class(cid, name)
 
-    @app.delete("/api/classes/{cid}", status_code=204, summary="Delete a class and its samples")
+    @router.delete("/api/classes/{cid}", status_code=204, summary="Delete a class and its samples")
     def delete_class(cid: int) -> Response:
         store.delete_class(cid)
         return Response(status_code=204)
 
-    # --------------------------------------------------------------- samples
-    @app.get("/api/classes/{cid}/samples", summary="A class's samples, newest first")
+    return router
+
+
+def _sample_routes(store: Store) -> APIRouter:
+    """Samples: uploads, folder imports, stored images."""
+    router = APIRouter()
+
+    @router.get("/api/classes/{cid}/samples", summary="A class's samples, newest first")
     def list_samples(cid: int, limit: int = 60, offset: int = 0) -> list[dict]:
         return store.samples(cid, min(max(limit, 1), 1000), max(offset, 0))
 
-    @app.post("/api/classes/{cid}/samples", status_code=201,
+    @router.post("/api/classes/{cid}/samples", status_code=201,
               summary="Add image files (multipart field 'files', many at once)",
               description="JPEG, PNG, WebP or GIF (first frame), judged by content. "
                           "?source=webcam|upload|import records where they came from.")
@@ -146,7 +168,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
             raise DatasetError("no files in the request; send them as multipart field 'files'")
         return await run_in_threadpool(store.add_samples, cid, [d for _, d in files], source)
 
-    @app.post("/api/projects/{pid}/import", status_code=201,
+    @router.post("/api/projects/{pid}/import", status_code=201,
               summary="Import a folder of class folders",
               description="Multipart field 'files' whose file names are relative paths "
                           "'CLASS/…/image'; the first folder names the class (created when "
@@ -171,40 +193,45 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
             return {"added": added}
         return await run_in_threadpool(work)
 
-    @app.delete("/api/samples/{sid}", status_code=204, summary="Delete a sample")
+    @router.delete("/api/samples/{sid}", status_code=204, summary="Delete a sample")
     def delete_sample(sid: int) -> Response:
         store.delete_sample(sid)
         return Response(status_code=204)
 
-    @app.get("/api/images/{sha}", summary="A stored sample image (JPEG, 256x256)")
+    @router.get("/api/images/{sha}", summary="A stored sample image (JPEG, 256x256)")
     def image(sha: str) -> FileResponse:
         if not _SHA.fullmatch(sha) or not store.blob_path(sha).exists():
             raise NotFound(f"no image {sha[:70]!r}")
         return FileResponse(store.blob_path(sha), media_type="image/jpeg",
                             headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
-    # -------------------------------------------------------------- training
-    @app.post("/api/projects/{pid}/train", status_code=202,
+    return router
+
+
+def _training_routes(store: Store, jobs: Jobs, previewer: Previewer) -> APIRouter:
+    """Training jobs, their models, and the live preview."""
+    router = APIRouter()
+
+    @router.post("/api/projects/{pid}/train", status_code=202,
               summary="Start training (refused with 409 while one runs for this project)")
     def train(pid: int, options: dict = Body(default={})) -> dict:
         opts = TrainOptions.from_dict(options)
         store.project(pid)
         return jobs.start(pid, opts).to_dict()
 
-    @app.get("/api/projects/{pid}/training", summary="Live state of the latest training job")
+    @router.get("/api/projects/{pid}/training", summary="Live state of the latest training job")
     def training(pid: int) -> dict:
         store.project(pid)
         status = jobs.status(pid)
         model = store.latest_model(pid)
         return {"job": status, "model": model}
 
-    @app.get("/api/projects/{pid}/models", summary="Every model trained for the project")
+    @router.get("/api/projects/{pid}/models", summary="Every model trained for the project")
     def models(pid: int) -> list[dict]:
         store.project(pid)
         return store.models(pid)
 
-    # ------------------------------------------------------------- preview
-    @app.post("/api/projects/{pid}/predict", summary="Classify one image",
+    @router.post("/api/projects/{pid}/predict", summary="Classify one image",
               description="The image as the raw request body (image/jpeg, png, webp, gif) or "
                           "as multipart field 'file'.")
     async def predict(pid: int, request: Request) -> dict:
@@ -215,8 +242,14 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
             data = await request.body()
         return await run_in_threadpool(previewer.predict, pid, data)
 
-    # -------------------------------------------------------------- export
-    @app.post("/api/projects/{pid}/export", summary="Export the latest model and the dataset",
+    return router
+
+
+def _export_routes(store: Store) -> APIRouter:
+    """Exporting a project's latest model and data, and downloading them."""
+    router = APIRouter()
+
+    @router.post("/api/projects/{pid}/export", summary="Export the latest model and the dataset",
               description="Writes HOME/exports/project-P-model-M/ with run/ (for `convlab "
                           "predict` and `convlab evaluate`), model.onnx (preprocessing in its "
                           "metadata) and dataset.zip (one folder per class).")
@@ -227,7 +260,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                             "dataset.zip": f"{base}/dataset.zip"}
         return out
 
-    @app.get("/api/projects/{pid}/export/{mid}/{name}", summary="Download an exported file")
+    @router.get("/api/projects/{pid}/export/{mid}/{name}", summary="Download an exported file")
     def download(pid: int, mid: int, name: str):
         folder = store.home / "exports" / f"project-{pid}-model-{mid}"
         if name not in ("run.zip", "model.onnx", "dataset.zip") or not folder.is_dir():
@@ -244,17 +277,21 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                 "Content-Disposition": f'attachment; filename="project-{pid}-model-{mid}-run.zip"'})
         return FileResponse(folder / name, filename=f"project-{pid}-model-{mid}-{name}")
 
-    # ------------------------------------------------------------------ UI
-    @app.get("/", include_in_schema=False)
+    return router
+
+
+def _ui_routes() -> APIRouter:
+    """The page and the offline API docs."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
     def index(request: Request):
         if "token" in request.query_params:  # the cookie is set by the guard; drop the token
             return RedirectResponse("/", status_code=303)
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/docs", include_in_schema=False)
+    @router.get("/docs", include_in_schema=False)
     def docs():
         return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)
-    return app
+    return router
