@@ -313,3 +313,35 @@ def test_sync_bn_on_an_untraceable_module_is_undone_after_training():
         assert isinstance(model.net.network1[1], GlobalBatchNorm)
         assert model.net.network1[1].weight is bn.weight
     assert model.net.network1[1] is bn
+
+
+def test_modules_called_from_another_thread_while_the_twin_traces_run_as_usual():
+    """fx patches nn.Module.__call__ for the whole process while it traces; a module
+    called meanwhile by another thread (the teach server's previews during a job's fit)
+    must run as it always does."""
+    import threading
+
+    probe = nn.Linear(3, 2)
+    results = []
+
+    class TracedWhileAnotherThreadCalls(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = create_model("mnist_cnn", 3, 1)
+
+        def forward(self, x):
+            def other():
+                try:
+                    results.append(probe(torch.ones(1, 3)).shape)
+                except Exception as exc:  # what fx's patched __call__ raised here
+                    results.append(exc)
+
+            worker = threading.Thread(target=other)
+            worker.start()
+            worker.join()
+            return self.net(x)
+
+    model = TracedWhileAnotherThreadCalls()
+    with training_twin(model) as (twin, _):
+        assert isinstance(twin, TrainingTwin) and twin.rewritten  # it was traced
+    assert results == [torch.Size([1, 2])]

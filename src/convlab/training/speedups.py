@@ -58,6 +58,7 @@ it is: then the only speed-up is the memory format.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -179,10 +180,7 @@ class TrainingTwin(nn.Module):
         self.traced, self.rewritten, self._watched, self._synced = None, [], [], []
         if not any(isinstance(m, (*_POOLS, nn.modules.batchnorm._BatchNorm))
                    for m in self.model.modules()):
-            # every rewrite starts at a pool or a BatchNorm, so there is nothing to trace
-            # for; and fx patches nn.Module.__call__ process-wide while it traces, which
-            # breaks modules that other threads call meanwhile (the teach server's previews)
-            return
+            return  # every rewrite starts at a pool or a BatchNorm: nothing to trace for
         traced = _trace(self.model)
         synced: list[tuple[str, nn.Module, nn.Module]] | None = []
         if traced is not None and sync_bn is not None:
@@ -247,18 +245,30 @@ class _Tracer(fx.Tracer):
     """fx's tracer, keeping as calls (not inlined) every torch.nn layer, every BatchNorm
     (their code reads the mode) and any module with hooks or a forward of its own, so
     those run themselves, hooks included; records the modules it inlines and those it
-    kept as calls for their hooks or forward."""
+    kept as calls for their hooks or forward.
+
+    While it traces, fx routes every nn.Module call and attribute read in the process
+    through the tracer (it patches nn.Module itself); calls from other threads (the
+    teach server's previews while a job trains, say) are passed through untouched."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inlined: list[nn.Module] = []
         self.kept: list[nn.Module] = []
+        self._thread = threading.get_ident()
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (super().is_leaf_module(m, qualname) or _hooked(m) or "forward" in vars(m)
                 or isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)  # nn.Module.__call__ as it was
         if not self.is_leaf_module(m, self.path_of_module(m)):
             self.inlined.append(m)
         elif _hooked(m) or "forward" in vars(m):
