@@ -1,6 +1,7 @@
 """The lecture's models, the fit loop, run directories, resume, NaN and Ctrl-C handling."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,7 +12,7 @@ import convlab
 from convlab import Callback, TrainConfig, fit, load_run
 from convlab.checkpoint import META_FILE, MODEL_FILE, read_meta, save_run
 from convlab.errors import CheckpointError, ModelError, TrainingError
-from convlab.models import count_parameters, create_model, default_preprocess
+from convlab.models import count_parameters, create_model, default_preprocess, model_spec
 from convlab.training import TrainingInterrupted, evaluate
 
 from conftest import make_imageset
@@ -35,6 +36,33 @@ def test_lecture_models_any_classes_and_channels(name, chans, classes):
     out = model(x)
     assert out.shape == (4, classes) and torch.isfinite(out).all()
     out.sum().backward()
+    params = list(model.parameters())
+    assert all(p.grad is not None and p.grad.shape == p.shape and torch.isfinite(p.grad).all()
+               for p in params)
+    assert params[0].grad.abs().sum() > 0  # the gradient reaches the first layer
+    # by hand: d(sum of all scores)/d(bias_k) is the number of images for every class k, and
+    # every class's weight row gets the same gradient (the features summed over the batch)
+    head = model.get_submodule(model_spec(name).head)
+    assert torch.equal(head.bias.grad, torch.full((classes,), 4.0))
+    assert torch.allclose(head.weight.grad, head.weight.grad[:1].expand_as(head.weight.grad))
+    # and the gradient is the derivative: in float64, a central difference along its
+    # direction gives its norm (dropout masks held fixed by reseeding before each forward)
+    m64, x64 = copy.deepcopy(model).double(), x.double()
+    m64.zero_grad()
+    torch.manual_seed(1)
+    m64(x64).sum().backward()
+    grads = [p.grad.clone() for p in m64.parameters()]
+    norm = float(torch.cat([g.flatten() for g in grads]).norm())
+    with torch.no_grad():
+        sums = []
+        for step in (1e-6, -1e-6):
+            for p, g in zip(m64.parameters(), grads):
+                p.add_(g, alpha=step / norm)
+            torch.manual_seed(1)
+            sums.append(float(m64(x64).sum()))
+            for p, g in zip(m64.parameters(), grads):
+                p.sub_(g, alpha=step / norm)
+    assert (sums[0] - sums[1]) / 2e-6 == pytest.approx(norm, rel=1e-7)
 
 
 def test_unknown_model_suggests_closest():
