@@ -408,14 +408,16 @@ def test_embeddings_keyed_by_stored_file_decode_only_what_the_cache_lacks(tmp_pa
     assert first.shape == (6, 1280) and torch.equal(first[5], first[0])
     assert sorted(loaded) == [0, 1, 2, 3, 4]                   # the duplicate file computed once
     assert reports == [(0, 6), (3, 6), (5, 6), (6, 6)]         # rows known after each batch
-    assert torch.allclose(first, embedder.forward(images), atol=1e-5)
+    # the real rows (to float rounding: batch composition and thread count reorder sums)
+    torch.testing.assert_close(first, embedder.forward(images), atol=1e-4, rtol=1e-4)
     loaded.clear()
     again = embedder.embed_by_key(embedding_keys(shas), load, show_progress=False)
     assert loaded == [] and torch.equal(again, first) and embedder.stats.cached == 6
     # pruning keeps the rows of the files still in use, and only those
     assert prune_cache(tmp_path / "cache", {k.tobytes() for k in embedding_keys(shas[:2])}) == 3
     again = embedder.embed_by_key(embedding_keys(shas), load, show_progress=False)
-    assert sorted(loaded) == [2, 3, 4] and torch.allclose(again, first, atol=1e-5)
+    assert sorted(loaded) == [2, 3, 4]
+    torch.testing.assert_close(again, first, atol=1e-4, rtol=1e-4)
 
 
 def test_other_threads_modules_keep_working_while_a_head_trains():
