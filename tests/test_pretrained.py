@@ -8,8 +8,7 @@ import torch
 
 from convlab import ModelError, create_model
 from convlab.models import pretrained_model
-from convlab.models.pretrained import (_bundled_lite0_state, imagenet_classes, load_bundled_lite0,
-                                       load_weights_file)
+from convlab.models.pretrained import bundled_state, imagenet_classes, load_bundled, load_weights_file
 from convlab.predict import classify_images
 
 
@@ -20,12 +19,12 @@ def _photo(name: str) -> torch.Tensor:
 
 
 def test_bundled_weights_map_one_to_one_onto_timm():
-    state = _bundled_lite0_state()
+    state = bundled_state("efficientnet_lite0")
     model = create_model("efficientnet_lite0", num_classes=1000)
     target = model.state_dict()
     assert len(state) == 296 and set(state) == set(target)
     assert all(state[k].shape == target[k].shape for k in target)
-    load_bundled_lite0(model)
+    load_bundled(model, "efficientnet_lite0")
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
 
@@ -39,7 +38,7 @@ def test_classify_coffee_is_espresso_and_chelsea_a_cat():
 
 
 def test_greyscale_stem_and_new_classifier_keep_the_backbone():
-    state = _bundled_lite0_state()
+    state = bundled_state("efficientnet_lite0")
     model = pretrained_model("efficientnet_lite0", num_classes=7, in_chans=1)
     assert torch.allclose(model.conv_stem.weight, state["conv_stem.weight"].sum(1, keepdim=True))
     assert torch.equal(model.blocks[3][0].conv_pw.weight, state["blocks.3.0.conv_pw.weight"])

@@ -12,7 +12,8 @@ from convlab.models.backbone import set_module
 from convlab.models.pretrained import torchvision_weights
 from convlab.models.zoo import TinyYoloFace
 
-TORCHVISION = [n for n in list_models("zoo") if n not in ("efficientnet_lite0", "tiny_yolo_face")]
+TORCHVISION = [n for n in list_models("zoo")
+               if not n.startswith("efficientnet_lite") and n != "tiny_yolo_face"]
 # the issue's list of architectures: all must be registered
 ISSUE_ZOO = ["alexnet", "vgg11", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn", "googlenet",
              "inception_v3", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",

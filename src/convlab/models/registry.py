@@ -13,7 +13,7 @@ from . import lecture, recipe_models
 from .spec import ModelSpec
 from .zoo import zoo_specs
 
-__all__ = ["ModelSpec", "MODELS", "list_models", "model_spec", "create_model",
+__all__ = ["ModelSpec", "MODELS", "list_models", "list_pretrained", "model_spec", "create_model",
            "pretrained_model", "default_preprocess", "count_parameters"]
 
 
@@ -43,6 +43,11 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               family="recipe", flexible_size=True, min_input_size=8, head="fc"),
     *zoo_specs(),
 ]}
+
+
+def list_pretrained() -> list[str]:
+    """Registered models whose ImageNet weights load offline (bundled with a package), by name."""
+    return sorted(n for n, s in MODELS.items() if s.bundled is not None)
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -78,9 +83,9 @@ def create_model(name: str, num_classes: int = 10, in_chans: int | None = None,
     except TypeError as exc:
         raise ModelError(f"model '{name}': bad arguments {kwargs} ({exc})") from None
     if pretrained:
-        if spec.load_pretrained is None:
-            raise ModelError(f"model '{name}' has no bundled pretrained weights; "
-                             f"pass a weights file instead")
+        if spec.bundled is None:
+            raise ModelError(f"model '{name}' has no bundled pretrained weights; pass a weights "
+                             f"file instead (offline backbones: {', '.join(list_pretrained())})")
         spec.load_weights(model)
     return model
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .pretrained import download_by_name, load_weights_file
+from .pretrained import BundledWeights, download_by_name, load_bundled, load_weights_file
 
 __all__ = ["ModelSpec"]
 
@@ -20,6 +20,8 @@ class ModelSpec:
     build(num_classes, in_chans, input_size, **kwargs) -> nn.Module. When
     `flexible_size` is true the model is built for the data's image size (its layer
     sizes follow from it); otherwise images are brought to `input_size` by `resize`.
+    A spec with `bundled` weights loads them offline: its preprocessing fields are the
+    weights' own, and `bundled` holds their file, checksum, categories and accuracy.
     """
 
     name: str
@@ -33,20 +35,28 @@ class ModelSpec:
     resize: str = "resize"
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
-    load_pretrained: Callable[[nn.Module], None] | None = None
+    bundled: BundledWeights | None = None  # ImageNet weights that load offline
     head: str = ""  # dotted path of the final classifier layer (e.g. "fc", "classifier.6")
     interpolation: str = "bilinear"  # resize filter of the published preprocessing
     crop_fraction: float = 0.875     # 'shorter_crop': crop / resized shorter side (224/256)
     num_classes: int = 10            # classes of the published form (ImageNet: 1000)
 
+    @property
+    def load_pretrained(self) -> Callable[[nn.Module], nn.Module] | None:
+        """The loader of the bundled weights (model -> model), or None without them."""
+        if self.bundled is None:
+            return None
+        return lambda model: load_bundled(model, self.bundled, self.head)
+
     def load_weights(self, model: nn.Module, weights: str | os.PathLike | None = None) -> nn.Module:
         """Put pretrained weights into `model` (built from this spec): the state-dict file
-        `weights` when given, else the bundled ones, else the published ones downloaded by
-        name (online only). A head of another size than the published one stays as built."""
+        `weights` when given, else the bundled ones (checksum verified first), else the
+        published ones downloaded by name (online only). A head of another size than the
+        published one stays as built."""
         if weights is not None:
             load_weights_file(model, weights, head=self.head)
-        elif self.load_pretrained is not None:
-            self.load_pretrained(model)
+        elif self.bundled is not None:
+            load_bundled(model, self.bundled, self.head)
         else:
             download_by_name(model, self.name, self.head)
         return model

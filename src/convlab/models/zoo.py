@@ -4,7 +4,8 @@
 Every entry builds for any number of classes and 1 or 3 input channels, without
 downloading anything: torchvision and timm are called with no weights, and a
 1-channel build replaces the first convolution by one of the same shape that takes
-one input channel.
+one input channel. The offline backbones (EfficientNet-Lite0/1/2, MobileNetV2) carry
+their bundled weights (`pretrained.BUNDLED`) and those weights' preprocessing.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .pretrained import load_bundled_lite0
+from .pretrained import BUNDLED
 from .spec import ModelSpec
 
 __all__ = ["zoo_specs", "TinyYoloFace", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -21,9 +22,11 @@ __all__ = ["zoo_specs", "TinyYoloFace", "IMAGENET_MEAN", "IMAGENET_STD",
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# tf_efficientnet_lite0 was trained on x = (pixel - 127) / 128
-LITE0_MEAN = (127 / 255,) * 3
-LITE0_STD = (128 / 255,) * 3
+# the EfficientNet-Lite models were trained on x = (pixel - 127) / 128
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+# input size and crop of each Lite model's published evaluation (timm's pretrained_cfg)
+LITE_INPUT = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.89)}
 
 
 def replace_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
@@ -53,11 +56,24 @@ def _torchvision(name: str, **fixed) -> Callable[..., nn.Module]:
     return build
 
 
-def _lite0(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Module:
-    import timm
+def _timm(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Module:
+        import timm
 
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes,
-                             in_chans=in_chans, **kw)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                 in_chans=in_chans, **kw)
+    return build
+
+
+def _lite(n: int) -> ModelSpec:
+    size, crop = LITE_INPUT[n]
+    return ModelSpec(f"efficientnet_lite{n}", _timm(f"tf_efficientnet_lite{n}"),
+                     f"EfficientNet-Lite{n} (timm tf_efficientnet_lite{n}, {size}x{size}); "
+                     f"bundled ImageNet weights", family="zoo", input_size=size,
+                     min_input_size=1, channels=3, resize="shorter_crop", mean=LITE_MEAN,
+                     std=LITE_STD, head="classifier", interpolation="bicubic",
+                     crop_fraction=crop, num_classes=1000,
+                     bundled=BUNDLED[f"efficientnet_lite{n}"])
 
 
 def _conv_bn(cin: int, cout: int, k: int, groups: int = 1) -> nn.Sequential:
@@ -111,11 +127,12 @@ def zoo_specs() -> list:
     """The zoo's ModelSpecs, for the registry's table."""
     def tv(name, description, head, min_size, input_size=224, interpolation="bilinear",
            crop_fraction=0.875, **fixed):
+        # the preprocessing of torchvision's IMAGENET1K_V1 weights (tests/test_zoo.py checks it)
         return ModelSpec(name, _torchvision(name, **fixed), description, family="zoo",
                          input_size=input_size, min_input_size=min_size, channels=3,
                          resize="shorter_crop", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          head=head, interpolation=interpolation, crop_fraction=crop_fraction,
-                         num_classes=1000)
+                         num_classes=1000, bundled=BUNDLED.get(name))
 
     vgg = {"11": "8 conv", "16": "13 conv", "19": "16 conv"}
     specs = [tv("alexnet", "AlexNet (2012): 5 conv + 3 fully connected", "classifier.6", 63)]
@@ -133,8 +150,8 @@ def zoo_specs() -> list:
         kind = "basic blocks" if depth < 50 else "bottleneck blocks"
         specs.append(tv(f"resnet{depth}", f"ResNet-{depth} (2015): residual {kind}", "fc", 1))
     specs += [
-        tv("mobilenet_v2", "MobileNetV2 (2018): inverted residuals, depthwise conv",
-           "classifier.1", 1),
+        tv("mobilenet_v2", "MobileNetV2 (2018): inverted residuals, depthwise conv; "
+           "bundled ImageNet weights", "classifier.1", 1),
         tv("mobilenet_v3_small", "MobileNetV3-Small (2019): searched, squeeze-excite",
            "classifier.3", 1),
         tv("mobilenet_v3_large", "MobileNetV3-Large (2019): searched, squeeze-excite",
@@ -145,12 +162,7 @@ def zoo_specs() -> list:
         tv("densenet121", "DenseNet-121 (2017): dense connections", "classifier", 29),
         tv("efficientnet_b0", "EfficientNet-B0 (2019): compound scaling, squeeze-excite",
            "classifier.1", 1, interpolation="bicubic"),
-        ModelSpec("efficientnet_lite0", _lite0,
-                  "EfficientNet-Lite0 (timm tf_efficientnet_lite0); bundled ImageNet weights",
-                  family="zoo", input_size=224, min_input_size=1, channels=3,
-                  resize="shorter_crop", mean=LITE0_MEAN, std=LITE0_STD, head="classifier",
-                  interpolation="bicubic", crop_fraction=0.875, num_classes=1000,
-                  load_pretrained=load_bundled_lite0),
+        *(_lite(n) for n in LITE_INPUT),
         ModelSpec("tiny_yolo_face", _tiny_yolo,
                   "the lecture's TinyYOLOv2 face net: depthwise-separable, 7x7x25 grid",
                   family="zoo", input_size=224, min_input_size=32, channels=3,
