@@ -261,3 +261,69 @@ def test_golden_tables_hold_numbers_worked_by_hand():
         total = rows.pop("total")
         for col in ("units", "connections", "weights", "biases", "MACs"):
             assert sum(_n(r[col]) for r in rows.values()) == _n(total[col]), (path.name, col)
+
+
+# ------------------------------------------------------------------ receptive fields
+
+def _rf(stats, name):
+    return next(r.rf for r in stats.layers if r.name == name)
+
+
+def test_receptive_fields_the_worked_numbers():
+    a = model_stats("alexnet")
+    # conv1 11x11 stride 4; pool1 3x3 stride 2 adds 2 x 4; conv2 5x5 adds 4 x 8; ...
+    assert _rf(a, "features.0").size == (11, 11) and _rf(a, "features.0").jump == (4, 4)
+    assert _rf(a, "features.2").size == (19, 19) == (11 + 2 * 4,) * 2
+    assert _rf(a, "features.3").size == (51, 51) == (19 + 4 * 8,) * 2
+    assert _rf(a, "features.12").size == (195, 195) and _rf(a, "features.12").jump == (32, 32)
+    assert _rf(a, "features.0").start == (3.0, 3.0)            # (11-1)/2 - padding 2
+    for name in ("classifier.1", "classifier.6"):
+        assert _rf(a, name).is_global
+    m = model_stats("mnist_cnn")
+    assert _rf(m, "network1.0").size == (5, 5) and _rf(m, "network1.3").size == (6, 6)
+    assert _rf(m, "network1.3").jump == (2, 2) and _rf(m, "network1.3").start == (0.5, 0.5)
+    assert _rf(m, "network2").is_global
+    r = model_stats("resnet18")                # residual adds: the union of both paths
+    assert _rf(r, "layer4.1.conv2").size == (435, 435) and _rf(r, "avgpool").is_global
+
+
+def test_receptive_field_rules_dilation_padding_same_and_global_pool():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2, padding="same"), nn.ZeroPad2d((1, 0, 2, 0)),
+                          nn.MaxPool2d(2), nn.Conv2d(2, 2, (3, 1), stride=(2, 1)),
+                          nn.AdaptiveAvgPool2d(1))
+    s = layer_stats(model, (1, 16, 16))
+    assert _rf(s, "0").size == (5, 5) and _rf(s, "0").start == (0.0, 0.0)   # 'same': centred
+    assert _rf(s, "1").start == (-2.0, -1.0)                 # padding top 2, left 1
+    assert _rf(s, "2").size == (6, 6) and _rf(s, "2").start == (-1.5, -0.5)
+    assert _rf(s, "3").size == (10, 6) and _rf(s, "3").jump == (4, 2)
+    assert _rf(s, "4").is_global
+
+
+def test_receptive_field_is_where_the_gradient_reaches():
+    """Independent check: with all-positive weights and no activation, unit (y, x) of a
+    layer depends on exactly the input pixels of its box (clipped to the image)."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.AvgPool2d(2),
+                          nn.Conv2d(1, 1, 3, padding=1, dilation=1), nn.Conv2d(1, 1, 2, stride=2))
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            nn.init.constant_(m.weight, 1.0)
+    s = layer_stats(model, (1, 40, 40))
+    x = torch.rand(1, 1, 40, 40, requires_grad=True)
+    for depth, name in enumerate(("0", "1", "2", "3"), 1):
+        rf = _rf(s, name)
+        y = model[:depth](x)
+        for idx in ((0, 0), (1, 2), (y.shape[-2] - 1, y.shape[-1] - 1)):
+            (g,) = torch.autograd.grad(y[0, 0, idx[0], idx[1]], x, retain_graph=True)
+            (t, b), (l, r) = rf.box(idx)
+            expected = torch.zeros(40, 40, dtype=torch.bool)
+            expected[max(t, 0):b, max(l, 0):r] = True
+            assert torch.equal(g[0, 0] != 0, expected), (name, idx, rf)
+
+
+def test_cli_prints_receptive_fields(capsys):
+    assert main(["inspect", "alexnet", "--format", "json"]) == 0
+    rows = {r["layer"]: r for r in json.loads(capsys.readouterr().out)["layers"]}
+    assert [rows[n]["RF"] for n in ("features.0", "features.2", "features.3", "features.12")] == \
+        [11, 19, 51, 195]
+    assert rows["features.12"]["jump"] == 32 and rows["features.0"]["start"] == 3
+    assert rows["classifier.1"]["RF"] == "global" and rows["classifier.1"]["jump"] is None

@@ -18,6 +18,17 @@ counts as a Conv2d):
 - depth: the longest chain of conv/linear layers from input to output, followed
   through every tensor operation (residual adds, concatenations), so ResNet-50 has
   depth 50 and VGG-16 depth 16.
+- receptive field (ReceptiveField, by RF_RULES): the input pixels one output unit
+  sees (size), the input pixels between neighbouring units (jump, the product of the
+  strides so far) and the input coordinate of the centre of unit 0's field (start;
+  pixel i is centred on i, so padding makes it smaller). A conv or pooling layer with
+  kernel K, stride S, padding P and dilation D turns (size r, jump j, start s) into
+  (r + D(K-1)j, jS, s + (D(K-1)/2 - P)j): AlexNet's conv1 sees 11 pixels, pool1 19,
+  conv2 51 and the last pool 195. Layers that mix the whole input (Linear, pooling to
+  1x1) are 'global'. Operations between layers (residual adds, concatenations) take
+  the union of their inputs' fields; a 1x1 map broadcast over a larger one (the
+  channel gates of squeeze-and-excitation) is left out, since it scales the units
+  without moving where they look.
 
 The forward pass normally runs on the meta device: shapes only, no memory, no time,
 so VGG-19 and ResNet-152 are inspected in well under a second.
@@ -25,7 +36,7 @@ so VGG-19 and ResNet-152 are inspected in well under a second.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +47,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import ForwardFailed
 
-__all__ = ["LayerStats", "ModelStats", "layer_stats", "KINDS", "COUNT_RULES", "layer_kind"]
+__all__ = ["LayerStats", "ModelStats", "layer_stats", "KINDS", "COUNT_RULES", "layer_kind",
+           "ReceptiveField", "RF_RULES"]
 
 KINDS = ("conv", "linear", "norm", "pool", "other")
 
@@ -122,30 +134,197 @@ COUNT_RULES: dict[type, Callable] = {
     nn.modules.pooling._AdaptiveMaxPoolNd: _pool_counts,
 }
 
+
+# ------------------------------------------------------------------ receptive fields
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Where the units of one layer look in the input image, per spatial axis (H, W).
+
+    size: input pixels one unit sees; jump: input pixels between neighbouring units;
+    start: input coordinate of the centre of unit 0's field (pixel i is centred on i).
+    `is_global`: every unit depends on the whole input (Linear, pooling to 1x1), so
+    size, jump and start are empty.
+    """
+
+    size: tuple[int, ...] = ()
+    jump: tuple[int, ...] = ()
+    start: tuple[float, ...] = ()
+    is_global: bool = False
+
+    def box(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """(first, end) input pixel along each axis of the field of the unit at `index`
+        (y, x), end exclusive. It may reach past the image where the layers pad."""
+        if self.is_global:
+            raise ValueError("a global unit sees the whole input; it has no box")
+        out = []
+        for i, r, j, s in zip(index, self.size, self.jump, self.start):
+            first = s + i * j - (r - 1) / 2          # always whole: padding is whole pixels
+            out.append((int(round(first)), int(round(first)) + r))
+        return tuple(out)
+
+
+GLOBAL = ReceptiveField(is_global=True)
+
+
+def _per_axis(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _window_rf(rf: ReceptiveField | None, kernel, stride, padding, dilation=1
+               ) -> ReceptiveField | None:
+    """The field after a sliding window (conv or pool) over a map with field `rf`."""
+    if rf is None or rf.is_global:
+        return rf
+    n = len(rf.size)
+    k, s, p, d = (_per_axis(v, n) for v in (kernel, stride, padding, dilation))
+    span = [di * (ki - 1) for ki, di in zip(k, d)]            # the dilated kernel's reach
+    return ReceptiveField(tuple(r + e * j for r, e, j in zip(rf.size, span, rf.jump)),
+                          tuple(j * si for j, si in zip(rf.jump, s)),
+                          tuple(st + (e / 2 - pi) * j
+                                for st, e, pi, j in zip(rf.start, span, p, rf.jump)))
+
+
+def _conv_padding(m: nn.modules.conv._ConvNd) -> tuple[int, ...]:
+    """The padding before the first pixel (the 'same' and 'valid' strings resolved)."""
+    if m.padding == "valid":
+        return (0,) * len(m.kernel_size)
+    if m.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
+    return tuple(m.padding)
+
+
+def _conv_rf(m, x, y, rf):
+    return _window_rf(rf, m.kernel_size, m.stride, _conv_padding(m), m.dilation)
+
+
+def _pool_rf(m, x, y, rf):
+    stride = m.stride if m.stride else m.kernel_size   # torch: stride None means the kernel
+    return _window_rf(rf, m.kernel_size, stride, getattr(m, "padding", 0),
+                      getattr(m, "dilation", 1))
+
+
+def _same_pad_rf(m, x, y, rf):
+    """timm's Conv2dSame / MaxPool2dSame / AvgPool2dSame (TensorFlow 'SAME'): the padding
+    depends on the input size; the smaller half goes before the first pixel."""
+    n = x.dim() - 2
+    k, s = _per_axis(m.kernel_size, n), _per_axis(m.stride, n)
+    d = _per_axis(getattr(m, "dilation", 1), n)
+    pad = [max((math.ceil(i / si) - 1) * si + (ki - 1) * di + 1 - i, 0) // 2
+           for i, ki, si, di in zip(x.shape[2:], k, s, d)]
+    return _window_rf(rf, k, s, pad, d)
+
+
+def _adaptive_pool_rf(m, x, y, rf):
+    """Pooling to 1x1 is global; otherwise the window torch uses when the sizes divide
+    (stride in // out, kernel in - (out - 1) * stride), the nearest when they do not."""
+    n_in, n_out = x.shape[2:], y.shape[2:]
+    if all(o == 1 for o in n_out) and math.prod(n_in) > 1:
+        return GLOBAL
+    stride = [max(1, i // o) for i, o in zip(n_in, n_out)]
+    kernel = [i - (o - 1) * s for i, o, s in zip(n_in, n_out, stride)]
+    return _window_rf(rf, kernel, stride, 0)
+
+
+def _pad_rf(m, x, y, rf):
+    """ZeroPad2d and friends: (left, right, top, bottom) shifts where unit 0 is."""
+    if rf is None or rf.is_global:
+        return rf
+    n = len(rf.size)
+    p = _per_axis(m.padding, 2 * n)
+    before = [p[2 * (n - 1 - a)] for a in range(n)]     # torch lists the last axis first
+    return ReceptiveField(rf.size, rf.jump,
+                          tuple(st - b * j for st, b, j in zip(rf.start, before, rf.jump)))
+
+
+def _global_rf(m, x, y, rf):
+    return GLOBAL
+
+
+# Each rule: (module, input, output, input's field) -> output's field (None: unknown).
+# Layers without a rule (norms, activations, dropout) keep their input's field.
+RF_RULES: dict[type, Callable] = {
+    nn.modules.conv._ConvNd: _conv_rf,
+    nn.modules.conv._ConvTransposeNd: lambda m, x, y, rf: None,   # spreads, not a window
+    nn.modules.pooling._MaxPoolNd: _pool_rf,
+    nn.modules.pooling._AvgPoolNd: _pool_rf,
+    nn.modules.pooling._LPPoolNd: _pool_rf,
+    nn.modules.pooling._AdaptiveAvgPoolNd: _adaptive_pool_rf,
+    nn.modules.pooling._AdaptiveMaxPoolNd: _adaptive_pool_rf,
+    nn.modules.padding._ConstantPadNd: _pad_rf,
+    nn.modules.padding._ReflectionPadNd: _pad_rf,
+    nn.modules.padding._ReplicationPadNd: _pad_rf,
+    nn.Linear: _global_rf,
+    nn.Bilinear: _global_rf,
+}
+try:  # timm's TensorFlow-style 'SAME' layers pad by the input size (EfficientNet-Lite)
+    from timm.layers import AvgPool2dSame, Conv2dSame
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    RF_RULES |= {Conv2dSame: _same_pad_rf, MaxPool2dSame: _same_pad_rf, AvgPool2dSame: _same_pad_rf}
+except ImportError:  # pragma: no cover - timm is a dependency; only its layout could move
+    pass
+
+
+def _union(fields: list[ReceptiveField]) -> ReceptiveField:
+    """The field of a sum or concatenation of maps: from the leftmost to the rightmost
+    pixel any of them sees."""
+    if len(fields) == 1:
+        return fields[0]
+    lo = [min(f.start[a] - (f.size[a] - 1) / 2 for f in fields) for a in range(len(fields[0].size))]
+    hi = [max(f.start[a] + (f.size[a] - 1) / 2 for f in fields) for a in range(len(fields[0].size))]
+    return ReceptiveField(tuple(int(round(h - l)) + 1 for l, h in zip(lo, hi)),
+                          tuple(max(f.jump[a] for f in fields) for a in range(len(lo))),
+                          tuple((l + h) / 2 for l, h in zip(lo, hi)))
+
+
+def _op_rf(tensors: list[torch.Tensor], out: torch.Tensor) -> ReceptiveField | None:
+    """The field of a tensor operation's output from its inputs' fields (between layers:
+    residual adds, concatenations, activations written as functions, reshapes)."""
+    local, whole = [], False
+    spatial = tuple(out.shape[2:]) if out.dim() >= 3 else None
+    for t in tensors:
+        rf = getattr(t, _RF_ATTR, None)
+        if rf is None:
+            continue
+        if rf.is_global:
+            whole = True
+        elif spatial is not None and tuple(t.shape[2:]) == spatial:
+            local.append(rf)
+        elif spatial is not None and math.prod(spatial) == 1 and t.dim() >= 3 \
+                and math.prod(t.shape[2:]) > 1:
+            whole = True                       # a map reduced to 1x1: x.mean((2, 3), keepdim)
+    if local:  # a broadcast gate (global or 1x1) scales these units; they look where they did
+        return _union(local)
+    return GLOBAL if whole else None
+
 # functions that apply weights: each adds one to the depth of the tensor it makes
 _WEIGHT_FUNCS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
                  F.conv_transpose3d, F.linear, F.bilinear, torch.matmul, torch.mm, torch.bmm,
                  torch.addmm}
 _DEPTH_ATTR = "_convlab_depth"
+_RF_ATTR = "_convlab_rf"
 
 
 class _DepthMode(TorchFunctionMode):
     """Follows every tensor operation; a tensor's depth is the longest chain of weight
-    layers behind it."""
+    layers behind it, and its receptive field comes from its inputs' (_op_rf)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if getattr(func, "__name__", "") == "__get__":  # attribute reads (x.shape)
             return out
-        depth = max((getattr(t, _DEPTH_ATTR, 0) for t in tree_flatten((args, kwargs))[0]
-                     if isinstance(t, torch.Tensor)), default=0)
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        depth = max((getattr(t, _DEPTH_ATTR, 0) for t in tensors), default=0)
         if func in _WEIGHT_FUNCS:
             depth += 1
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
                 try:
                     setattr(t, _DEPTH_ATTR, depth)
+                    # layers with a rule overwrite this in their forward hook
+                    setattr(t, _RF_ATTR, _op_rf(tensors, t))
                 except (AttributeError, RuntimeError):
                     pass
         return out
@@ -167,6 +346,7 @@ class LayerStats:
     biases: int
     macs: int
     calls: int = 1
+    rf: ReceptiveField | None = None   # of the output (the last call's); None: not known
 
     @property
     def params(self) -> int:
@@ -236,7 +416,7 @@ class ModelStats:
                 block.out_shape if block else rows[-1].out_shape,
                 *(sum(getattr(r, c) for r in rows)
                   for c in ("units", "connections", "weights", "biases", "macs")),
-                calls=block.calls if block else 1))
+                calls=block.calls if block else 1, rf=block.rf if block else rows[-1].rf))
         return out
 
 
@@ -261,6 +441,7 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
     calls: dict[nn.Module, int] = {}
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     counts: dict[nn.Module, list[int]] = {}
+    fields: dict[nn.Module, ReceptiveField | None] = {}
     stack: list[tuple[nn.Module, tuple[int, ...]]] = []
 
     def first_tensor(obj) -> torch.Tensor | None:
@@ -284,12 +465,19 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
             c = counts.setdefault(m, [0, 0, 0])
             for i, v in enumerate(rule(m, x, y)):
                 c[i] += int(v)
+        rf_rule = _lookup(RF_RULES, m)
+        if rf_rule is not None and x is not None and y is not None and y is not x:
+            setattr(y, _RF_ATTR, rf_rule(m, x, y, getattr(x, _RF_ATTR, None)))
+        if y is not None:
+            fields[m] = getattr(y, _RF_ATTR, None)
 
     handles = []
     for m in names:
         handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(hook))
     x = torch.zeros((1, *input_shape), device=device)
+    n_axes = len(input_shape) - 1
+    setattr(x, _RF_ATTR, ReceptiveField((1,) * n_axes, (1,) * n_axes, (0.0,) * n_axes))
     try:
         with torch.no_grad(), _DepthMode():
             y = model(x)
@@ -327,9 +515,10 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> ModelStats:
         if (leaf and m in calls) or w or b:  # never-run layers only when they hold weights
             units, conn, macs = counts.get(m, (0, 0, 0)) if leaf or m is not model else (0, 0, 0)
             layers.append(LayerStats(name, _type_name(m), layer_kind(m),
-                                     shapes.get(m, ()), units, conn, w, b, macs, calls.get(m, 0)))
+                                     shapes.get(m, ()), units, conn, w, b, macs, calls.get(m, 0),
+                                     fields.get(m)))
         if not leaf and m is not model:
             blocks[name] = LayerStats(name, _type_name(m), "block", shapes.get(m, ()),
-                                      0, 0, 0, 0, 0, calls.get(m, 0))
+                                      0, 0, 0, 0, 0, calls.get(m, 0), fields.get(m))
     return ModelStats(tuple(input_shape), tuple(out.shape[1:]) if out is not None else (),
                       layers, int(depth), blocks)

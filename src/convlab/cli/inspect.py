@@ -17,9 +17,14 @@ CONVENTIONS = (
     "each pooling output; weights = K*K*M*N/groups for a conv layer, biases counted apart "
     "(not as connections); MACs = multiply-adds with weights (= connections of conv and linear "
     "layers); FLOPs = 2 x MACs, as torch.utils.flop_counter counts them; depth = the longest "
-    "chain of conv/linear layers from input to output")
+    "chain of conv/linear layers from input to output; RF = the receptive field, the input "
+    "pixels one unit of the output sees (HxW when they differ; 'global' for layers that mix "
+    "the whole input: linear layers, pooling to 1x1), jump = input pixels between neighbouring "
+    "units, start = input coordinate of the centre of the first unit's field (pixel i is "
+    "centred on i)")
 
-_LAYER_HEADERS = ["layer", "type", "output", "units", "connections", "weights", "biases", "MACs"]
+_LAYER_HEADERS = ["layer", "type", "output", "units", "connections", "weights", "biases", "MACs",
+                  "RF", "jump", "start"]
 
 
 def _shape(s: tuple[int, ...]) -> str:
@@ -33,13 +38,29 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _axes(values: tuple) -> int | float | str:
+    """One number when every axis agrees (a whole float as an int), else 'HxW'."""
+    vals = [int(v) if float(v).is_integer() else v for v in values]
+    return vals[0] if len(set(vals)) == 1 else "x".join(map(str, vals))
+
+
+def _rf_cells(rf) -> list:
+    """RF, jump and start cells of a layer's receptive field."""
+    if rf is None or (not rf.is_global and not rf.size):
+        return [None, None, None]
+    if rf.is_global:
+        return ["global", None, None]
+    return [_axes(rf.size), _axes(rf.jump), _axes(rf.start)]
+
+
 def layer_table(stats, depth: int | None = None) -> tuple[list[str], list[list]]:
     """Headers and rows of the per-layer table, ending in a total row."""
     rows = [[r.name, r.type + (f" x{r.calls}" if r.calls > 1 else ""), _shape(r.out_shape),
-             r.units, r.connections, r.weights, r.biases, r.macs] for r in stats.grouped(depth)]
+             r.units, r.connections, r.weights, r.biases, r.macs, *_rf_cells(r.rf)]
+            for r in stats.grouped(depth)]
     t = stats.totals()
     rows.append(["total", "", _shape(stats.output_shape), t["units"], t["connections"],
-                 t["weights"], t["biases"], t["macs"]])
+                 t["weights"], t["biases"], t["macs"], None, None, None])
     return _LAYER_HEADERS, rows
 
 
@@ -66,7 +87,7 @@ def _print_inspect(name: str, stats, classes: int, depth: int | None, fmt: str) 
         return
     print(f"{name}: input {_shape(stats.input_shape)}, {classes} classes, output "
           f"{_shape(stats.output_shape)}\n")
-    print(render_table(headers, rows, fmt))
+    print(render_table(headers, rows, fmt, right=[False] * 3 + [True] * (len(headers) - 3)))
     print(f"\nparameters {t['params']:,} (weights {t['weights']:,} + biases {t['biases']:,}); "
           f"units {t['units']:,}; connections {t['connections']:,}; MACs {t['macs']:,} "
           f"({_si(t['macs'])}); FLOPs {_si(t['flops'])}; depth {t['depth']}")
@@ -278,9 +299,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "inspect", help="units, connections, weights, biases and MACs of every layer of a model",
+        "inspect", help="units, connections, weights, biases, MACs and receptive field of every "
+        "layer of a model",
         description="Per-layer table of a registered model (output shape, units, connections, "
-        "weights, biases, MACs), the totals and the share of each by layer type. "
+        "weights, biases, MACs, receptive field size, jump and start), the totals and the share "
+        "of each by layer type. "
         "FLOPs = 2 x MACs. Counted on the meta device: no memory, under a second.")
     p.add_argument("model", nargs="?", help="a registered model (see: convlab models) or a run "
                    "directory")
