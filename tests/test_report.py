@@ -6,8 +6,12 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
+from PIL import Image
+from scipy import ndimage
 
 from convlab import ImageSet, TrainConfig, evaluate, load_run, train, write_report
 from convlab.cli import main
@@ -18,6 +22,25 @@ from convlab.training.evaluation import confident_mistakes, evaluate_run
 from conftest import make_imageset, write_folder
 
 PNG = b"\x89PNG\r\n\x1a\n"
+TRAINING, VALIDATION, RATE = (31, 119, 180), (255, 127, 14), (44, 160, 44)  # matplotlib C0-C2
+
+
+def _figure(path, inches=None) -> np.ndarray:
+    """The PNG at `path` as an (H, W, 3) int array, checked to be a drawn figure: a PNG,
+    not blank, and about `inches` (width, height) at the figures' 110 dpi (the tight
+    bounding box trims or adds a little)."""
+    assert path.read_bytes()[:8] == PNG
+    image = Image.open(path)
+    if inches:
+        assert image.size == pytest.approx((inches[0] * 110, inches[1] * 110), rel=0.15)
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+    return pixels
+
+
+def _count(pixels: np.ndarray, rgb, tol: int = 0) -> int:
+    """Pixels of colour `rgb` (each channel within `tol`)."""
+    return int((np.abs(pixels - np.asarray(rgb)) <= tol).all(-1).sum())
 
 
 # tiny tensors: one thread is many times faster than two on a shared 2-core machine
@@ -30,14 +53,23 @@ def test_train_writes_plots_and_report_embeds_them(tmp_path, capsys):
     assert main(["train", str(tmp_path / "pics"), "--model", "mnist_cnn", "--channels", "1",
                  "--epochs", "2", "--val-split", "0.3", "--out", str(run), "--device", "cpu"]) == 0
     assert "plots: history.png, evaluation.json, confusion.png" in capsys.readouterr().out
-    for name in ("history.png", "confusion.png"):
-        assert (run / name).read_bytes()[:8] == PNG
+    history = _figure(run / "history.png", (13, 3.6))  # three panels side by side
+    assert all(_count(history, line) > 100 for line in (TRAINING, VALIDATION, RATE))
     counts = json.loads((run / "evaluation.json").read_text())
     # a folder has no test split: the run's own validation split (3 of 10 per class)
     assert counts["split"] == "validation" and counts["n"] == 9
     assert sum(map(sum, counts["confusion"])) == 9
     assert counts["classes"] == ["cat", "dog", "owl"]
     assert counts["top1_error"] == 1 - counts["top1"]
+    # each cell is painted the colour of its share of the true class: the pixels of each
+    # colour are in proportion to the cells that have it
+    confusion = np.array(counts["confusion"], float)
+    shares, cells = np.unique((confusion / confusion.sum(1, keepdims=True)).round(6),
+                              return_counts=True)
+    figure = _figure(run / "confusion.png", (5, 4))
+    painted = np.array([_count(figure, np.array(colormaps["Blues"](s)[:3]) * 255, tol=1)
+                        for s in shares])
+    assert painted / painted.sum() == pytest.approx(cells / cells.sum(), abs=0.03)
 
     assert main(["report", str(run), "--device", "cpu"]) == 0
     page = (run / "report.html").read_text()
@@ -71,7 +103,9 @@ def test_write_run_plots_on_given_data_shows_the_confident_mistakes(tmp_path):
                             for m in mistakes)
     confidences = [m["confidence"] for m in mistakes]
     assert confidences == sorted(confidences, reverse=True)
-    assert written["mistakes"].read_bytes()[:8] == PNG
+    # one thumbnail per recorded mistake: each image's bright bar (uint8 220) drawn once
+    bars, _ = ndimage.label((_figure(written["mistakes"]) == 220).all(-1))
+    assert (np.bincount(bars.ravel())[1:] > 1000).sum() == len(mistakes)
 
 
 def test_report_of_an_in_memory_run_still_has_the_curves(tmp_path):
@@ -96,7 +130,9 @@ def test_confident_mistakes_orders_wrong_predictions_by_confidence():
 def test_plot_history_without_validation(tmp_path):
     metrics = [{"epoch": e, "loss": 1 / e, "acc": 0.5 + e / 10, "val_loss": None,
                 "val_acc": None, "lr": 0.1 * 0.5 ** e, "seconds": 1.0} for e in range(1, 5)]
-    assert plot_history(metrics, tmp_path / "h.png").read_bytes()[:8] == PNG
+    history = _figure(plot_history(metrics, tmp_path / "h.png"), (13, 3.6))
+    assert _count(history, VALIDATION) == 0  # no validation line, not even in a legend
+    assert _count(history, TRAINING) > 100 and _count(history, RATE) > 100
 
 
 def _metrics_headers(page: str) -> list[str]:
