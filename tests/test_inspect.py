@@ -252,7 +252,8 @@ def test_golden_tables_hold_numbers_worked_by_hand():
     c1 = next(r for r in rows.values() if r["type"] == "Conv2d")
     assert _n(c1["weights"]) + _n(c1["biases"]) == 5 * 5 * 1 * 6 + 6 == 156   # LeNet-5's C1
     rows = _table_rows((GOLDEN / "inspect_resnet18.txt").read_text())
-    assert rows["conv1"]["output"] == "64x112x112" and _n(rows["conv1"]["weights"]) == 7 * 7 * 3 * 64
+    assert rows["conv1"]["output"] == "64x112x112"
+    assert _n(rows["conv1"]["weights"]) == 7 * 7 * 3 * 64
     assert _n(rows["fc"]["weights"]) == 512 * 1000 and _n(rows["fc"]["biases"]) == 1000
 
     # every table: the layer rows add up to the printed totals, column by column
