@@ -2,8 +2,9 @@
 by `import convlab`).
 
 glibc's malloc returns large freed blocks to the OS and faults them back in on the
-next batch; on this workload that page-faulting cost 1.1-3.5x (DESIGN.md). Keeping
-freed memory mapped fixes it. Set CONVLAB_NO_MALLOC_TUNING=1 to leave malloc alone.
+next batch; in a training loop that page-faulting takes a large share of every step
+(docs/scaling.md). Keeping freed memory mapped fixes it. Set CONVLAB_NO_MALLOC_TUNING=1
+to leave malloc alone.
 """
 from __future__ import annotations
 
@@ -46,8 +47,7 @@ def cpu_has_bf16() -> bool:
 @contextlib.contextmanager
 def one_thread():
     """Run tiny tensors on one thread: thread hand-offs cost more than they save there
-    (a forward pass of a small model in float64 measured 0.75 ms on one thread and
-    52 ms on two, on this 2-core machine under load)."""
+    (on a busy machine each hand-off waits for a thread that may have lost its core)."""
     import torch
 
     before = torch.get_num_threads()

@@ -156,7 +156,7 @@ def fit_head(kind: str, train_emb: torch.Tensor, train_labels: torch.Tensor, *,
     if len(torch.unique(labels)) < 2 and kind in ("svm",):
         raise DatasetError("an SVM needs images of at least 2 classes")
     try:
-        with one_thread():  # small matrices: threads only add synchronisation (10x slower here)
+        with one_thread():  # small matrices: threads only add synchronisation
             head = _FITTERS[kind](emb, labels, k, seed=seed, **options)
     except TypeError as exc:
         raise ConfigError(f"head '{kind}': bad options {sorted(options)} ({exc})") from None

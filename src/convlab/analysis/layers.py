@@ -30,8 +30,8 @@ counts as a Conv2d):
   channel gates of squeeze-and-excitation) is left out, since it scales the units
   without moving where they look.
 
-The forward pass normally runs on the meta device: shapes only, no memory, no time,
-so VGG-19 and ResNet-152 are inspected in well under a second.
+The forward pass normally runs on the meta device: shapes only, no memory and no
+arithmetic, so even VGG-19 and ResNet-152 are cheap to inspect (bench/inspect_speed.py).
 """
 from __future__ import annotations
 

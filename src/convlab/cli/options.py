@@ -113,7 +113,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-channels-last", action="store_true",
                    help="keep NCHW memory layout (channels_last is faster for convnets on CPU)")
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32, or bf16: bfloat16 autocast, 1.3-1.7x faster for convnets on a CPU "
+                   help="fp32, or bf16: bfloat16 autocast, faster for convnets on a CPU "
                         "with AVX512-BF16 or AMX (auto: bf16 on CUDA, fp32 on CPU; default auto)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--nproc", type=int, default=1,

@@ -62,8 +62,8 @@ def cmd_teach(args: argparse.Namespace) -> int:
         raise ConfigError("--token must be at least 16 characters")
     import torch
     # One compute thread per request: requests (and the training thread) run side by side
-    # on the cores instead of each spreading over all of them; on this 2-core machine under
-    # load, two-thread torch ops took 10x longer than one-thread ones (thread contention).
+    # on the cores instead of each spreading over all of them; under load, threads of one
+    # operation contend for the same cores and each waits for the slowest (docs/teach.md).
     torch.set_num_threads(1)
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]

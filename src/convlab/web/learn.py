@@ -282,8 +282,8 @@ def _lower_priority() -> None:
 
 class OnnxBackbone:
     """The frozen backbone exported once to ONNX (parity-checked against torch by
-    `convlab.export`) and run by ONNX Runtime on one thread per request: on this CPU a
-    single frame takes a fraction of eager torch's time, and concurrent requests run
+    `convlab.export`) and run by ONNX Runtime on one thread per request: a single frame
+    takes less time than in eager torch (bench/teach_latency.py), and concurrent requests run
     side by side instead of fighting over the same compute threads."""
 
     def __init__(self, folder: Path) -> None:
