@@ -304,7 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Per-layer table of a registered model (output shape, units, connections, "
         "weights, biases, MACs, receptive field size, jump and start), the totals and the share "
         "of each by layer type. "
-        "FLOPs = 2 x MACs. Counted on the meta device: no memory, under a second.")
+        "FLOPs = 2 x MACs. Counted on the meta device: shapes only, no memory.")
     p.add_argument("model", nargs="?", help="a registered model (see: convlab models) or a run "
                    "directory")
     p.add_argument("--input", help="input CxHxW, e.g. 3x224x224 (default: the model's own; "
