@@ -38,7 +38,7 @@ from .progress import progress
 from .training.distributed import broadcast_from_main, gather_shares, world
 
 __all__ = ["embed_images", "embed_imageset", "Embedder", "backbone_preprocess", "image_keys",
-           "prune_cache", "EMBED_CHUNK"]
+           "prune_cache", "images_per_second", "EMBED_CHUNK"]
 
 EMBED_CHUNK = 1024      # images per cache shard (what an interruption can lose at most)
 _MAX_SHARDS = 64        # more shards than this are merged into one
@@ -153,7 +153,8 @@ class Embedder:
             p.requires_grad_(False)
         # unset (None) preprocessing fields are left out, so a new optional field keeps old keys
         pre = {k: v for k, v in self.preprocess.to_dict().items() if v is not None}
-        key = json.dumps({"backbone": backbone, "weights": weights_id(weights), "layer": self.layer,
+        key = json.dumps({"backbone": backbone, "weights": weights_id(weights, backbone),
+                          "layer": self.layer,
                           "preprocess": pre}, sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         folder = Path(cache_dir) if cache_dir is not None else cache_root() / "embeddings"
@@ -164,7 +165,7 @@ class Embedder:
     def identity(self) -> dict:
         """What a features run records about its backbone (meta.json)."""
         return {"name": self.backbone, "layer": self.layer, "weights": self.weights,
-                "weights_id": weights_id(self.weights)}
+                "weights_id": weights_id(self.weights, self.backbone)}
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -270,6 +271,26 @@ class Embedder:
         return int(self.forward(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[1])
 
 
+def images_per_second(backbone: str, *, batch_size: int = 16, batches: int = 2) -> float:
+    """Images per second of `backbone`'s embedding path (uint8 in, the weights'
+    preprocessing, channels_last, inference mode, features out; no cache), timed over
+    `batches` batches after one warm-up, with torch's current thread count. The images
+    are noise of the size the preprocessing resizes from (256 for a 224 crop), so the
+    resize and crop cost what they cost on photos."""
+    if batch_size < 1 or batches < 1:
+        raise ConfigError(f"batch size and batches must be at least 1; got {batch_size} and "
+                          f"{batches}")
+    embedder = Embedder(backbone, cache=False)
+    side = int(round(embedder.preprocess.size[0] / model_spec(backbone).crop_fraction))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 3, side, side), dtype=torch.uint8, generator=gen)
+    embedder.forward(x)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        embedder.forward(x)
+    return batch_size * batches / (time.perf_counter() - t0)
+
+
 _EMBEDDERS: dict[tuple, Embedder] = {}
 
 
@@ -299,13 +320,13 @@ def embed_images(images: torch.Tensor, backbone: str = "efficientnet_lite0", *,
                  device: str | torch.device = "cpu", image_size: int | None = None) -> torch.Tensor:
     """Feature vectors of uint8 images (N, C, H, W) of any size: float32 (N, D).
 
-    backbone: a registered model with pretrained weights (the bundled
-    efficientnet_lite0 by default, D = 1280); layer: a dotted layer name to take
-    instead of the pre-logit vector (its maps are average-pooled); weights: a
-    state-dict file instead of the bundled/published weights; image_size: the input
-    size instead of the published one (224). With `cache`, results
-    are stored on disk keyed by image content, backbone, weights, layer and
-    preprocessing, and a second call on the same images computes nothing.
+    backbone: a registered model with pretrained weights (efficientnet_lite0 by
+    default; each offline backbone, `models.list_pretrained()`, gives D = 1280);
+    layer: a dotted layer name to take instead of the pre-logit vector (its maps are
+    average-pooled); weights: a state-dict file instead of the bundled/published
+    weights; image_size: the input size instead of the backbone's published one. With
+    `cache`, results are stored on disk keyed by image content, backbone, weights, layer
+    and preprocessing, and a second call on the same images computes nothing.
     """
     return _embedder(backbone, layer, weights, device, cache, image_size).embed(
         images, batch_size=batch_size, show_progress=progress)

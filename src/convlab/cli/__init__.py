@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # The visible list of command modules (in `convlab --help` order).
 COMMAND_MODULES = ["catalog", "train", "demo", "inspect", "checks", "augment", "report",
-                   "transfer", "export", "teach"]
+                   "transfer", "backbones", "export", "teach"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """Pretrained ImageNet backbones: classify, embed, transfer (features, finetune, full,
-scratch, compare)."""
+scratch, compare), each with any registered backbone (--model / --backbone)."""
 from __future__ import annotations
 
 import argparse
@@ -115,22 +115,26 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 def _backbone_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="pretrained backbone (default efficientnet_lite0, bundled ImageNet weights)")
+                   help="pretrained backbone (default efficientnet_lite0); the ones whose weights "
+                   "load offline are listed by: convlab backbones")
     p.add_argument("--weights", help="a torchvision/timm state-dict file for the backbone instead "
                    "of the bundled weights")
     p.add_argument("--layer", help="take this layer's output (average-pooled) instead of the last "
                    "hidden layer, e.g. blocks.5")
-    p.add_argument("--image-size", type=int, help="input size instead of the published 224 "
-                   "(smaller is faster and coarser)")
+    p.add_argument("--image-size", type=int, help="input size instead of the backbone's "
+                   "published one (224 for efficientnet_lite0; smaller is faster and coarser)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = TransferConfig()
     p = sub.add_parser("classify", help="top-5 ImageNet labels of photos with a pretrained model",
-                       description="Classify image files with a pretrained ImageNet model "
-                       "(offline: bundled EfficientNet-Lite0 weights, class names from torchvision).")
+                       description="Classify image files with a pretrained ImageNet model, "
+                       "offline for the backbones that `convlab backbones` lists (EfficientNet-"
+                       "Lite0/1/2, MobileNetV2: the lecture's Cozmo demo); class names from "
+                       "torchvision's weights metadata.")
     p.add_argument("images", nargs="+", help="image files (any mode and size)")
-    p.add_argument("--model", default="efficientnet_lite0", help="registered model (default efficientnet_lite0)")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="registered model (default efficientnet_lite0; e.g. mobilenet_v2)")
     p.add_argument("--weights", help="a torchvision/timm state-dict file for --model")
     p.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
     p.set_defaults(run=cmd_classify)

@@ -75,8 +75,9 @@ class BundledWeights:
         return self.top1, self.top5, self.source
 
 
-_TIMM_RESULTS = ("timm results-imagenet.csv ({}.in1k, same architecture and input; "
-                 "published by timm for its conversion of Google's checkpoint)")
+# timm evaluates its own conversion of Google's Lite checkpoints; the files here are another
+# conversion (lukemelas naming) of the same release, at the same input size and crop
+_TIMM_RESULTS = "timm results-imagenet.csv, {}.in1k (timm's conversion of Google's checkpoint)"
 # One entry per registered model with offline weights (convlab.models.zoo builds the specs).
 BUNDLED: dict[str, BundledWeights] = {
     "efficientnet_lite0": BundledWeights(
