@@ -1,5 +1,6 @@
-"""Looking inside a network: `inspect` (units, connections, weights, MACs per layer),
-`conv-cost` (what one convolution costs) and `show` (kernels, templates, feature maps)."""
+"""Looking inside a network: `inspect` (units, connections, weights, MACs and receptive
+fields per layer), `conv-cost` (what one convolution costs), `show` (kernels, templates,
+feature maps, top patches) and `explain` (where the evidence for a class lies)."""
 from __future__ import annotations
 
 import argparse
@@ -260,6 +261,90 @@ def _show_image(args, pre, dataset: str | None):
     return pre(img), what
 
 
+# scikit-image's photos that ship with it (the others need a download)
+SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry",
+                 "hubble_deep_field", "retina", "colorwheel", "camera", "coins", "moon", "page",
+                 "text", "clock", "brick", "grass", "gravel")
+
+
+def _photo_files(folder: Path, limit: int) -> list[Path]:
+    """Image files in `folder` and its subfolders (class folders or not), sorted."""
+    from ..data.images import IMAGE_SUFFIXES
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise ConfigError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files[:limit]
+
+
+def _patch_images(data: str | None, pre, dataset: str | None, limit: int):
+    """(uint8 images at the model's input (N, C, H, W), description) to search for top
+    patches: a folder of photos (class folders or not), a dataset name, the run's own
+    dataset, or else scikit-image's sample photos."""
+    import torch
+
+    from ..data import decode_image, load_dataset
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1; got {limit}")
+    if data and Path(data).is_dir():
+        files = _photo_files(Path(data), limit)
+        return (torch.cat([pre.fit(decode_image(f, pre.channels)[None]) for f in files]),
+                f"{len(files)} images of {data}")
+    name = data or dataset
+    if name:
+        from ..data import dataset_spec
+
+        spec = dataset_spec(name)   # a clear error naming the datasets for an unknown name
+        split = "test" if "test" in spec.sizes else "train"
+        images = load_dataset(name, split, channels=pre.channels).images[:limit]
+        return pre.fit(images), f"{len(images)} {name} {split} images"
+    from skimage import data as skdata
+
+    photos = []
+    for n in SAMPLE_PHOTOS:
+        a = torch.from_numpy(getattr(skdata, n)().copy())
+        a = a.permute(2, 0, 1)[:3] if a.dim() == 3 else a[None]     # (H, W, 3) or (H, W)
+        photos.append(pre.fit(a[None]))
+    images = torch.cat(photos)[:limit]
+    return images, f"{len(images)} of scikit-image's sample photos"
+
+
+def _show_top_patches(args, model, label, pre, dataset, out_dir: Path) -> Path:
+    from ..analysis.attribution import attribution_copy, spatial_layers, top_patches
+    from ..figures.explain import save_top_patches
+
+    shape = (pre.channels, *pre.size)
+    if not args.layer:
+        names = list(spatial_layers(model, shape))
+        raise ConfigError(f"name the layer with --layer; layers with a spatial output: "
+                          f"{', '.join(names)}")
+    if args.units < 1 or args.k < 1:
+        raise ConfigError(f"--units and --k must be at least 1; got {args.units} and {args.k}")
+    layer = args.layer[0]
+    twin = attribution_copy(model)
+    from ..analysis.attribution import check_spatial_layer
+
+    check_spatial_layer(twin, shape, layer)   # before loading any data
+    images, what = _patch_images(args.data, pre, dataset, args.limit)
+    projection = None if args.projection == "none" else args.projection
+    patches = top_patches(twin, images, pre.normalize, layer, units=args.units, k=args.k,
+                          projection=projection)
+    size = "x".join(map(str, sorted(set(patches.rf.size))))
+    title = (f"{label}: {layer}, the {args.k} patches of {what} that excite each unit most "
+             f"(receptive field {size} px)" + (f", each with its {projection} projection"
+                                               if projection else ""))
+    return save_top_patches(patches, out_dir / f"top-patches-{_slug(layer)}.png", title=title,
+                            projections=projection is not None)
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     import torch
 
@@ -273,7 +358,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         out_dir = Path(args.target)
     else:
         out_dir = Path(f"show-{args.target}")
-    if args.what == "kernels":
+    if args.what == "top-patches":
+        print(_show_top_patches(args, model, label, pre, dataset, out_dir))
+    elif args.what == "kernels":
         layer = args.layer[0] if args.layer else None
         print(save_kernels(model, out_dir / "kernels.png", label=label, layer=layer))
     elif args.what == "templates":
@@ -294,6 +381,60 @@ def cmd_show(args: argparse.Namespace) -> int:
                                       max_maps=args.max_maps)
         for p in paths:
             print(p)
+    return 0
+
+
+def _class_index(name: str, classes: list[str] | None, k: int) -> int:
+    """The index of class `name` (or of a number) among the model's classes."""
+    if classes and name in classes:
+        return classes.index(name)
+    if name.isdigit() and int(name) < k:
+        return int(name)
+    from ..errors import closest
+
+    if not classes:
+        raise ConfigError(f"the model names no classes; give --class as a number 0..{k - 1}")
+    shown = ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+    raise ConfigError(f"unknown class '{name}'{closest(name, classes)}; the model's classes: {shown}")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis.attribution import attribution_copy, class_maps, upsample_maps
+    from ..data import decode_image
+    from ..figures.explain import save_explanation
+
+    for f in args.images:
+        if not Path(f).is_file():
+            raise ConfigError(f"{f}: no such image file")
+    if Path(args.target).is_dir():
+        model, label, pre, classes, _ = _load_target(args.target, False, None)
+        out_dir = Path(args.out) if args.out else Path(args.target) / "explain"
+    else:  # a model name: its pretrained weights (a random network has nothing to explain)
+        model, label, pre, classes, _ = _load_target(args.target, True, None)
+        out_dir = Path(args.out or f"explain-{args.target}")
+    twin = attribution_copy(model)
+    for f in args.images:
+        x_img = pre.fit(decode_image(f, pre.channels)[None])         # (1, C, H, W) uint8
+        x = pre.normalize(x_img.float() / 255)
+        with torch.no_grad():
+            k = twin(x).shape[1]
+        target = None if args.class_name is None else [_class_index(args.class_name, classes, k)]
+        maps = class_maps(twin, x, target, method=args.method, layer=args.layer)
+        heat = upsample_maps(maps.maps, tuple(x.shape[-2:]))[0]
+        t = maps.targets[0]
+        name = classes[t] if classes and t < len(classes) else str(t)
+        top = int(maps.probs[0].argmax())
+        top_name = classes[top] if classes and top < len(classes) else str(top)
+        how = (f"Grad-CAM on {maps.layer}" if maps.method == "gradcam"
+               else "occlusion (the score's drop when a grey square hides each place)")
+        path = save_explanation(x_img[0], heat, out_dir / f"explain-{_slug(Path(f).stem)}-{maps.method}.png",
+                                title=f"{label}: {Path(f).name}, predicted {top_name} "
+                                      f"({float(maps.probs[0, top]):.0%})",
+                                caption=f"evidence for {name} ({how})")
+        print(f"{Path(f).name}: predicted {top_name} {float(maps.probs[0, top]):.3f}; "
+              f"map for {name} -> {path}")
     return 0
 
 
@@ -331,13 +472,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_conv_cost)
 
     p = sub.add_parser(
-        "show", help="PNG pictures of what a network learned: kernels, templates, feature maps",
+        "show", help="PNG pictures of what a network learned: kernels, templates, feature maps, "
+        "top patches",
         description="kernels: the first conv layer's kernels (or --layer); templates: a linear "
         "layer's weights from the pixels to each unit (mnist_linear, mnist_mlp); features: "
-        "the feature maps of --layer (default the first conv layer) for one image.")
+        "the feature maps of --layer (default the first conv layer) for one image; "
+        "top-patches: for --units channels of --layer, the --k patches of a dataset that excite "
+        "each most, cropped to the unit's receptive field, each beside its deconvnet projection "
+        "(Zeiler & Fergus 2013).")
     p.add_argument("target", help="a run directory, or a registered model name")
-    p.add_argument("what", nargs="?", choices=("kernels", "templates", "features"), default="kernels",
-                   help="what to draw (default kernels)")
+    p.add_argument("what", nargs="?", choices=("kernels", "templates", "features", "top-patches"),
+                   default="kernels", help="what to draw (default kernels)")
     p.add_argument("--layer", action="append", help="layer name (see: convlab inspect MODEL); "
                    "repeat for several feature-map layers")
     p.add_argument("--image", help="image file for feature maps (default: the run's first test "
@@ -346,6 +491,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a model name with bundled weights (efficientnet_lite0)")
     p.add_argument("--classes", type=int, help="classes of an untrained model (default: its own)")
     p.add_argument("--max-maps", type=int, default=64, help="feature maps per layer (default 64)")
+    p.add_argument("--data", help="top-patches: images to search, a folder of photos (class "
+                   "folders or not) or a dataset name (default: the run's test images, or "
+                   "scikit-image's sample photos for a model name)")
+    p.add_argument("--units", type=int, default=8, help="top-patches: channels shown, the first "
+                   "N of the layer (default 8)")
+    p.add_argument("--k", type=int, default=9, help="top-patches: patches per unit (default 9)")
+    p.add_argument("--projection", choices=("deconvnet", "guided", "none"), default="deconvnet",
+                   help="top-patches: each patch's projection to the input: Zeiler & Fergus's "
+                   "deconvnet, guided backprop, or none (default deconvnet)")
+    p.add_argument("--limit", type=int, default=2000, help="top-patches: images searched at "
+                   "most (default 2000)")
     p.add_argument("--out", help="folder for the PNGs (default: the run directory, or "
                    "show-MODEL for a model name)")
     p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser(
+        "explain", help="where the evidence for a class lies in each image (Grad-CAM, occlusion)",
+        description="Writes each image beside a heatmap of the evidence for the predicted (or "
+        "--class) class: Grad-CAM on the last conv layer's output (captum's LayerGradCam), or "
+        "occlusion sensitivity, the drop of the class score when a grey square hides each "
+        "place (Zeiler & Fergus 2013). A model name uses its bundled pretrained weights.")
+    p.add_argument("target", help="a run directory, or a model name with bundled weights "
+                   "(efficientnet_lite0)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam",
+                   help="gradcam (fast) or occlusion (a forward pass per square; default gradcam)")
+    p.add_argument("--class", dest="class_name", help="explain this class (a name, or its "
+                   "number) instead of the predicted one")
+    p.add_argument("--layer", help="gradcam: the layer whose maps are weighed (default: the "
+                   "last conv layer's output)")
+    p.add_argument("--out", help="folder for the PNGs (default RUN/explain, or explain-MODEL)")
+    p.set_defaults(run=cmd_explain)

@@ -108,10 +108,23 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | 
 
 def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor,
                   conf: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
-                  title: str = "Most confidently wrong") -> Path:
-    """A grid of images titled 'true -> predicted (p)'."""
+                  title: str = "Most confidently wrong",
+                  maps: Sequence[torch.Tensor] | None = None) -> Path:
+    """A grid of images titled 'true -> predicted (p)'; with `maps` (one (h, w) evidence
+    map in 0..1 per image), each image is followed by a copy with its heatmap over it."""
+    from .explain import overlay
+
     def short(name: str) -> str:
         return name if len(name) <= 12 else name[:11] + "."
     titles = [f"{short(classes[t])} ->\n{short(classes[p])} {c:.0%}"
               for t, p, c in zip(labels.tolist(), pred.tolist(), conf.tolist())]
-    return image_grid(images, path, titles=titles, title=title, cell=1.6)
+    if maps is None:
+        return image_grid(images, path, titles=titles, title=title, cell=1.6)
+    cells = []
+    for img, m in zip(images, maps):
+        rgb = img.expand(3, -1, -1) if img.shape[0] == 1 else img           # (3, H, W)
+        heat = (overlay(img, m) * 255).round().to(torch.uint8).permute(2, 0, 1)
+        cells += [rgb, heat]
+    pairs = min(len(images), 4)
+    return image_grid(torch.stack(cells), path, titles=[x for t in titles for x in (t, "evidence")],
+                      title=title, cell=1.4, ncols=2 * pairs)

@@ -4,7 +4,7 @@ evaluates.
 write_run_plots() draws into a run: history.png (loss, accuracy, learning rate by
 epoch, from meta.json's metrics), and from RUN/evaluation.json (written by
 convlab.training.evaluation.evaluate_run) confusion.png and mistakes.png (the most
-confidently wrong images). write_report() puts these with the configuration and the
+confidently wrong images, each with the evidence map the evaluation recorded for it). write_report() puts these with the configuration and the
 environment into one self-contained report.html: images inlined as data URIs, inline
 CSS, no scripts, no links out, so it opens offline and can be mailed as one file.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import EVALUATION_FILE, META_FILE, load_run, read_meta
-from ..data import ImageSet
+from ..data import ImageSet, Preprocess
 from ..errors import DatasetError
 from ..files import atomic_write_bytes
 from .plots import plot_confusion, plot_history, plot_mistakes
@@ -75,13 +75,20 @@ def write_run_plots(run_dir: str | os.PathLike, *, data: ImageSet | None = None)
     mistakes_file = path / PLOT_FILES["mistakes"]
     if mistakes and data is not None:
         idx = torch.tensor([m["index"] for m in mistakes])
+        maps = ([torch.tensor(m["map"]) for m in mistakes]
+                if all("map" in m for m in mistakes) else None)
+        where = (f";\nheat: where the evidence for the predicted class lies (Grad-CAM on "
+                 f"{evaluation['maps']['layer']})" if maps is not None else "")
+        images = data.images[idx]
+        if maps is not None:  # the maps cover the model's input: its crop or padding
+            images = Preprocess.from_dict(meta["preprocess"]).fit(images)
         written["mistakes"] = plot_mistakes(
-            data.images[idx], torch.tensor([m["true"] for m in mistakes]),
+            images, torch.tensor([m["true"] for m in mistakes]),
             torch.tensor([m["predicted"] for m in mistakes]),
             torch.tensor([m["confidence"] for m in mistakes]), evaluation["classes"],
             mistakes_file,
             title=f"The {len(mistakes)} most confidently wrong {split} images (true -> predicted, "
-                  f"confidence)")
+                  f"confidence){where}", maps=maps)
     elif mistakes_file.exists() and (not mistakes or _older(mistakes_file, path / EVALUATION_FILE)):
         mistakes_file.unlink()  # an earlier evaluation's mistakes no longer apply
     return written
@@ -183,8 +190,13 @@ def _evaluation_section(path: Path, evaluation: dict) -> list[str]:
         parts.append(_img(path / PLOT_FILES["confusion"], "confusion matrix"))
     parts.append("</div></div>")
     if (path / PLOT_FILES["mistakes"]).exists():
-        parts += ["<h3>Most confidently wrong</h3>",
-                  _img(path / PLOT_FILES["mistakes"], "most confidently wrong images")]
+        parts += ["<h3>Most confidently wrong</h3>"]
+        if evaluation.get("maps"):
+            parts.append(f'<p class="note">Over each image, where the evidence for the class the '
+                         f"model predicted lies (red most, blue none): Grad-CAM on layer "
+                         f"{html.escape(evaluation['maps']['layer'])}, recorded by the evaluation "
+                         f"in {EVALUATION_FILE}.</p>")
+        parts.append(_img(path / PLOT_FILES["mistakes"], "most confidently wrong images"))
     return parts
 
 

@@ -3,8 +3,9 @@
 evaluate_run() runs the model on the run's test split (else its validation split, else
 its training data) and writes the counts of evaluate() (top-1/top-5, per-class
 accuracy, the confusion matrix) and the most confidently wrong images (their indices
-in the evaluated set, true and predicted class, confidence). convlab.figures draws
-from that file and never runs a model.
+in the evaluated set, true and predicted class, confidence, and where the evidence for
+the predicted class lies: a Grad-CAM map of at most 16x16, 0..1). convlab.figures
+draws from that file and never runs a model.
 """
 from __future__ import annotations
 
@@ -15,17 +16,20 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.attribution import attribution_copy, grad_cam
 from ..checkpoint import EVALUATION_FILE, META_FILE, Run, load_run, read_meta
 from ..config import TrainConfig
 from ..data import ImageSet, list_datasets
-from ..errors import ConvlabError
+from ..errors import ConvlabError, ModelError
 from ..files import atomic_write_bytes
 from .metrics import EvalResult, evaluate, predict_logits
 from .run import prepare_data
 from .splits import load_test_split
 
 __all__ = ["RunEvaluation", "evaluate_run", "evaluation_data", "evaluation_stale",
-           "confident_mistakes"]
+           "confident_mistakes", "mistake_maps", "MAP_SIDE"]
+
+MAP_SIDE = 16   # evaluation.json keeps evidence maps at most this many cells a side
 
 
 @dataclass
@@ -66,6 +70,28 @@ def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int = 16
     wrong = torch.nonzero(pred != labels).flatten()
     order = wrong[conf[wrong].argsort(descending=True)][:k]
     return order, pred[order], conf[order]
+
+
+def mistake_maps(model: torch.nn.Module, images: torch.Tensor, preprocess, predicted: torch.Tensor,
+                 device: str | torch.device = "cpu") -> tuple[str, list] | None:
+    """(layer, maps): Grad-CAM maps of the predicted class for uint8 images (N, C, H, W),
+    average-pooled to at most MAP_SIDE a side, each scaled to 0..1 and rounded to 2
+    decimals (nested lists for JSON). None for a model without a conv layer."""
+    if not len(images):
+        return None
+    twin = attribution_copy(model)
+    x = preprocess(images.to(device))
+    try:
+        cam = grad_cam(twin, x, predicted.tolist())
+    except ModelError:          # no convolution with a spatial output (mnist_linear, mnist_mlp)
+        return None
+    maps = cam.maps                                              # (N, h, w)
+    h, w = maps.shape[-2:]
+    if max(h, w) > MAP_SIDE:
+        maps = torch.nn.functional.adaptive_avg_pool2d(maps[:, None], (min(h, MAP_SIDE),
+                                                                     min(w, MAP_SIDE)))[:, 0]
+    maps = maps / maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return cam.layer, [[[round(v, 2) for v in row] for row in m] for m in maps.cpu().tolist()]
 
 
 def evaluation_stale(run_dir: str | os.PathLike) -> bool:
@@ -110,7 +136,13 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: ImageSet | None = None, sp
     idx, pred, conf = confident_mistakes(logits, data.labels, mistakes)
     wrong = [{"index": i, "true": t, "predicted": p, "confidence": c} for i, t, p, c in
              zip(idx.tolist(), data.labels[idx].tolist(), pred.tolist(), conf.tolist())]
-    info = {"dataset": data.name, "split": split, **result.to_dict(), "mistakes": wrong}
+    info = {"dataset": data.name, "split": split, **result.to_dict()}
+    maps = mistake_maps(run.model, data.images[idx], run.preprocess, pred, device)
+    if maps is not None:
+        info["maps"] = {"method": "gradcam", "layer": maps[0], "class": "predicted"}
+        for m, cam in zip(wrong, maps[1]):
+            m["map"] = cam
+    info["mistakes"] = wrong
     path = run.path / EVALUATION_FILE
     atomic_write_bytes(path, _json_text(info).encode())
     return RunEvaluation(path, split, data, result, wrong)
