@@ -157,7 +157,7 @@ class ClassMaps:
 
     maps: torch.Tensor          # (N, h, w), float, >= 0
     targets: list[int]          # the class each map explains
-    probs: torch.Tensor         # (N, K) the model's class probabilities
+    probs: torch.Tensor | None  # (N, K) class probabilities (None when the targets were given)
     method: str
     layer: str                  # Grad-CAM's layer ('' for occlusion)
 
@@ -170,14 +170,19 @@ def _module(model: nn.Module, name: str) -> nn.Module:
         raise ModelError(unknown("layer", name, names, "see: convlab inspect MODEL")) from None
 
 
-def _targets(logits: torch.Tensor, targets: Sequence[int] | None) -> list[int]:
-    k = logits.shape[1]
+def _targets(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None
+             ) -> tuple[list[int], torch.Tensor | None]:
+    """(the class to explain per image, the probabilities): the predicted classes when
+    `targets` is None (one forward pass), else `targets` as they are (no forward pass:
+    a caller that predicted already passes what it found)."""
     if targets is None:
-        return logits.argmax(1).tolist()
+        with torch.no_grad():
+            logits = model(x).float()                                # (N, K)
+        return logits.argmax(1).tolist(), logits.softmax(1)
     out = [int(t) for t in targets]
-    if len(out) != len(logits) or not all(0 <= t < k for t in out):
-        raise ConfigError(f"targets must be one class index in 0..{k - 1} per image; got {out}")
-    return out
+    if len(out) != len(x) or min(out, default=0) < 0:
+        raise ConfigError(f"targets must be one class index per image; got {out}")
+    return out, None
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None, *,
@@ -190,16 +195,14 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = 
     from captum.attr import LayerGradCam
 
     layer = layer or cam_layer(model, tuple(x.shape[1:]))
-    with torch.no_grad():
-        logits = model(x).float()                                   # (N, K)
-    chosen = _targets(logits, targets)
+    chosen, probs = _targets(model, x, targets)
     with torch.enable_grad():
         cam = LayerGradCam(model, _module(model, layer)).attribute(
             x, target=chosen, relu_attributions=True)               # (N, 1, h, w)
     if cam.dim() != 4:
         raise ModelError(f"layer '{layer}' gives {tuple(cam.shape[1:])}, not maps; choose a "
                          f"convolution layer")
-    return ClassMaps(cam.detach().float()[:, 0], chosen, logits.softmax(1), "gradcam", layer)
+    return ClassMaps(cam.detach().float()[:, 0], chosen, probs, "gradcam", layer)
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None, *,
@@ -217,13 +220,12 @@ def occlusion(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None =
     if not (1 <= stride <= window <= min(h, w)):
         raise ConfigError(f"occlusion needs 1 <= stride <= window <= {min(h, w)}; "
                           f"got window {window}, stride {stride}")
+    chosen, probs = _targets(model, x, targets)
     with torch.no_grad():
-        logits = model(x).float()
-        chosen = _targets(logits, targets)
         attr = Occlusion(model).attribute(x, target=chosen, sliding_window_shapes=(c, window, window),
                                           strides=(c, stride, stride), baselines=0.0,
                                           perturbations_per_eval=batch)   # (N, C, H, W)
-    return ClassMaps(attr.float().mean(1).clamp_min(0), chosen, logits.softmax(1), "occlusion", "")
+    return ClassMaps(attr.float().mean(1).clamp_min(0), chosen, probs, "occlusion", "")
 
 
 def class_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None, *,

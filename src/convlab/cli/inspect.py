@@ -419,21 +419,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
         x_img = pre.fit(decode_image(f, pre.channels)[None])         # (1, C, H, W) uint8
         x = pre.normalize(x_img.float() / 255)
         with torch.no_grad():
-            k = twin(x).shape[1]
-        target = None if args.class_name is None else [_class_index(args.class_name, classes, k)]
-        maps = class_maps(twin, x, target, method=args.method, layer=args.layer)
+            probs = twin(x).float().softmax(1)[0]                    # (K,)
+        top = int(probs.argmax())
+        t = top if args.class_name is None else _class_index(args.class_name, classes, len(probs))
+        maps = class_maps(twin, x, [t], method=args.method, layer=args.layer)
         heat = upsample_maps(maps.maps, tuple(x.shape[-2:]))[0]
-        t = maps.targets[0]
         name = classes[t] if classes and t < len(classes) else str(t)
-        top = int(maps.probs[0].argmax())
         top_name = classes[top] if classes and top < len(classes) else str(top)
         how = (f"Grad-CAM on {maps.layer}" if maps.method == "gradcam"
                else "occlusion (the score's drop when a grey square hides each place)")
         path = save_explanation(x_img[0], heat, out_dir / f"explain-{_slug(Path(f).stem)}-{maps.method}.png",
                                 title=f"{label}: {Path(f).name}, predicted {top_name} "
-                                      f"({float(maps.probs[0, top]):.0%})",
+                                      f"({float(probs[top]):.0%})",
                                 caption=f"evidence for {name} ({how})")
-        print(f"{Path(f).name}: predicted {top_name} {float(maps.probs[0, top]):.3f}; "
+        print(f"{Path(f).name}: predicted {top_name} {float(probs[top]):.3f}; "
               f"map for {name} -> {path}")
     return 0
 
