@@ -18,10 +18,10 @@ from .._version import __version__
 from ..files import cache_root
 from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFound, TooLarge,
                       UnsupportedImage, unknown)
-from .learn import (BACKBONE, HEADS, Jobs, OnnxBackbone, Previewer, TorchBackbone, TrainOptions,
-                    export_project)
+from .learn import (HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones, Previewer,
+                    TorchBackbone, TrainOptions, export_project)
 from .security import Guard
-from .store import Limits, Store, check_name
+from .store import DEFAULT_BACKBONE, Limits, Store, check_name
 
 __all__ = ["create_app", "HTTP_STATUS", "http_status"]
 
@@ -50,24 +50,33 @@ async def _files_from(request: Request, field: str = "files") -> list[tuple[str,
     return out
 
 
+async def _image_from(request: Request) -> bytes:
+    """One image: the raw request body, or the multipart field 'file'."""
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        files = await _files_from(request, "file")
+        return files[0][1] if files else b""
+    return await request.body()
+
+
 def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | None = None,
                limits: Limits = Limits(), fast_preview: bool = True) -> FastAPI:
     """The teach app storing everything under `home`.
 
     token: required on every request when given; hosts: the Host header values the
     app answers to (None: any, for the test client); limits: upload limits;
-    fast_preview: export the backbone to ONNX once (in the background) and predict with
-    ONNX Runtime (eager torch until it is ready, or without it).
+    fast_preview: export each backbone to ONNX once (in the background, the default one
+    at start-up, the others when first used) and predict with ONNX Runtime (eager torch
+    until it is ready, or without it).
     """
     store = Store(home, limits)
     recovered = store.recover()
     torch_backbone = TorchBackbone(store.embedding_dir)
     jobs = Jobs(store, torch_backbone)
-    backbone = OnnxBackbone(cache_root() / "onnx") if fast_preview else None
+    backbone = OnnxBackbones(cache_root() / "onnx") if fast_preview else None
     if backbone is not None:
-        backbone.path.parent.mkdir(parents=True, exist_ok=True)
-        backbone.start()
+        backbone.get(DEFAULT_BACKBONE)  # starts its export now: most projects use it
     previewer = Previewer(store, backbone, torch_backbone)
+    imagenet = ImagenetPreview(limits)
 
     # FastAPI's own /docs pages load their scripts from a CDN; this app works offline, so
     # /docs is a small page of ours that renders /openapi.json.
@@ -75,7 +84,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                   description="Teach an image classifier from your webcam or files; everything "
                               "stays on this machine. The UI at / uses exactly this API.")
     app.state.store, app.state.jobs, app.state.previewer = store, jobs, previewer
-    app.state.backbone = backbone
+    app.state.backbone, app.state.imagenet = backbone, imagenet
     app.state.recovered = recovered
 
     @app.exception_handler(ConvlabError)
@@ -83,7 +92,8 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
         return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
     for routes in (_info_routes(limits), _project_routes(store, jobs), _sample_routes(store),
-                   _training_routes(store, jobs, previewer), _export_routes(store), _ui_routes()):
+                   _training_routes(store, jobs, previewer), _imagenet_routes(imagenet),
+                   _export_routes(store), _ui_routes()):
         app.include_router(routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)
@@ -94,9 +104,10 @@ def _info_routes(limits: Limits) -> APIRouter:
     """Version, backbone, heads and upload limits."""
     router = APIRouter()
 
-    @router.get("/api/info", summary="Version, backbone, heads and upload limits")
+    @router.get("/api/info", summary="Version, backbones, heads and upload limits")
     def info() -> dict:
-        return {"version": __version__, "backbone": BACKBONE, "heads": list(HEADS),
+        return {"version": __version__, "backbone": DEFAULT_BACKBONE, "backbones": _backbones(),
+                "imagenet_model": IMAGENET_MODEL, "heads": list(HEADS),
                 "defaults": TrainOptions().__dict__,
                 "limits": {"file_bytes": limits.file_bytes, "pixels": limits.pixels,
                            "request_bytes": limits.request_bytes}}
@@ -112,9 +123,13 @@ def _project_routes(store: Store, jobs: Jobs) -> APIRouter:
     def list_projects() -> list[dict]:
         return store.projects()
 
-    @router.post("/api/projects", status_code=201, summary="Create a project")
-    def create_project(name: str = Body(..., embed=True)) -> dict:
-        return store.create_project(name)
+    @router.post("/api/projects", status_code=201, summary="Create a project",
+                 description="`backbone`: one of the offline backbones of GET /api/info "
+                             f"(default {DEFAULT_BACKBONE}); its features are what the "
+                             "project's models train on.")
+    def create_project(name: str = Body(..., embed=True),
+                       backbone: str = Body(DEFAULT_BACKBONE, embed=True)) -> dict:
+        return store.create_project(name, backbone)
 
     @router.get("/api/projects/{pid}", summary="A project with its classes and latest model")
     def get_project(pid: int) -> dict:
@@ -123,9 +138,20 @@ def _project_routes(store: Store, jobs: Jobs) -> APIRouter:
         out["training"] = jobs.status(pid)
         return out
 
-    @router.patch("/api/projects/{pid}", summary="Rename a project")
-    def rename_project(pid: int, name: str = Body(..., embed=True)) -> dict:
-        return store.rename_project(pid, name)
+    @router.patch("/api/projects/{pid}", summary="Rename a project or switch its backbone",
+                  description="`name` and/or `backbone`. Another backbone applies from the next "
+                              "training on (its own embeddings, computed then); models trained "
+                              "before keep the backbone they were trained on.")
+    def change_project(pid: int, name: str | None = Body(None, embed=True),
+                       backbone: str | None = Body(None, embed=True)) -> dict:
+        if name is None and backbone is None:
+            raise ConfigError("nothing to change: send 'name' and/or 'backbone'")
+        out = store.project(pid)
+        if name is not None:
+            out = store.rename_project(pid, name)
+        if backbone is not None:
+            out = store.set_backbone(pid, backbone)
+        return out
 
     @router.delete("/api/projects/{pid}", status_code=204, summary="Delete a project and its samples")
     def delete_project(pid: int) -> Response:
@@ -235,14 +261,35 @@ def _training_routes(store: Store, jobs: Jobs, previewer: Previewer) -> APIRoute
               description="The image as the raw request body (image/jpeg, png, webp, gif) or "
                           "as multipart field 'file'.")
     async def predict(pid: int, request: Request) -> dict:
-        if request.headers.get("content-type", "").startswith("multipart/"):
-            files = await _files_from(request, "file")
-            data = files[0][1] if files else b""
-        else:
-            data = await request.body()
-        return await run_in_threadpool(previewer.predict, pid, data)
+        return await run_in_threadpool(previewer.predict, pid, await _image_from(request))
 
     return router
+
+
+def _imagenet_routes(imagenet: ImagenetPreview) -> APIRouter:
+    """ImageNet labels of an image, for the preview before a project has a model."""
+    router = APIRouter()
+
+    @router.post("/api/imagenet", summary="ImageNet top labels of one image (MobileNetV2)",
+                 description="The image as the raw request body or as multipart field 'file'; "
+                             "?top=N labels (default 5). The lecture's Cozmo demo: the "
+                             "preview shows this while a project has no trained model.")
+    async def imagenet_labels(request: Request, top: int = 5) -> dict:
+        return await run_in_threadpool(imagenet.predict, await _image_from(request), top)
+
+    return router
+
+
+def _backbones() -> list[dict]:
+    """The offline backbones a project can choose: input size and published accuracy."""
+    from ..models import list_pretrained, model_spec
+
+    out = []
+    for name in list_pretrained():
+        spec = model_spec(name)
+        top1, top5, _ = spec.bundled.accuracy()
+        out.append({"name": name, "input_size": spec.input_size, "top1": top1, "top5": top5})
+    return out
 
 
 def _export_routes(store: Store) -> APIRouter:

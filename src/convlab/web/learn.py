@@ -10,6 +10,13 @@ held-out counts of the classification task (as `evaluate` counts them) and a fea
 run directory from `transfer.save_features_run`. Each job runs in a background thread,
 one per project. Preview embeds a frame with the same backbone and applies the
 project's latest head (`models.heads.load_head`, the loader `load_run` uses).
+
+Each project names its backbone (one of the offline ones). A job embeds with the
+project's backbone at the time it starts, and the Embedder's cache folder is keyed by
+backbone and weights, so two backbones never share or mix rows; a model's run records
+its backbone, and preview and export use the model's, whatever the project says now.
+Before a project has a model, the preview can show ImageNet's top-5 labels from
+MobileNetV2 instead (`ImagenetPreview`: the lecture's Cozmo demo).
 """
 from __future__ import annotations
 
@@ -27,12 +34,12 @@ import torch
 
 from ..config import AugmentConfig
 from ..errors import ConfigError, Conflict, ConvlabError, DatasetError, NotFound
-from .store import SAMPLE_SIZE, Store, canonical_image, embedding_keys
+from .store import DEFAULT_BACKBONE, SAMPLE_SIZE, Store, canonical_image, embedding_keys
 
-__all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "TorchBackbone", "export_project",
-           "HEADS", "BACKBONE", "AUGMENT"]
+__all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "OnnxBackbones", "TorchBackbone",
+           "ImagenetPreview", "export_project", "HEADS", "AUGMENT", "IMAGENET_MODEL"]
 
-BACKBONE = "efficientnet_lite0"
+IMAGENET_MODEL = "mobilenet_v2"  # the lecture's Cozmo demo: ImageNet top-5 of the webcam frame
 HEADS = ("knn", "linear", "mlp")
 _EMBED_BATCH = 16   # images per embedding step (and per progress update)
 # What the `augment` option turns on: the framing and light a webcam varies. A crop of
@@ -86,21 +93,22 @@ class TrainOptions:
 
 
 class TorchBackbone:
-    """The bundled backbone in eager torch, as a `convlab.embed.Embedder` whose cache is
-    in the store's home: training embeds with it, and preview uses it until the ONNX
-    file is ready. Built on first use (loading the weights takes a moment)."""
+    """The backbones in eager torch, each a `convlab.embed.Embedder` whose cache is in the
+    store's home (a folder per backbone key): training embeds with them, and preview
+    uses them until a backbone's ONNX file is ready. Each is built on first use
+    (loading the weights takes a moment) and kept."""
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
-        self._embedder = None
+        self._embedders: dict[str, object] = {}
 
-    def embedder(self):
+    def embedder(self, backbone: str = DEFAULT_BACKBONE):
         from ..embed import Embedder
         with self._lock:
-            if self._embedder is None:
-                self._embedder = Embedder(BACKBONE, cache_dir=self.cache_dir)
-            return self._embedder
+            if backbone not in self._embedders:
+                self._embedders[backbone] = Embedder(backbone, cache_dir=self.cache_dir)
+            return self._embedders[backbone]
 
 
 @dataclass
@@ -201,13 +209,14 @@ class Jobs:
         from ..transfer import fit_head, save_features_run
 
         t0 = time.time()
+        backbone = self.store.project(job.project_id)["backbone"]
         classes, labels, shas = self.store.project_samples(job.project_id)
         y = torch.tensor(labels, dtype=torch.int64)
 
         def load(index: list[int]) -> torch.Tensor:
             return torch.stack([self.store.read_image(shas[i]) for i in index])  # (B, 3, 256, 256)
 
-        embedder = self.backbone.embedder()
+        embedder = self.backbone.embedder(backbone)
         with self._embed_lock:
             emb = embedder.embed_by_key(embedding_keys(shas), load, batch_size=_EMBED_BATCH,
                                         show_progress=False, report=job.progress("embedding"))
@@ -232,7 +241,7 @@ class Jobs:
         loss = float(F.cross_entropy(logits, truth, reduction="sum"))
         result = CLASSIFICATION.eval_result(CLASSIFICATION.eval_counts(logits, truth, len(classes)),
                                             loss, list(classes))
-        metrics = {"held_out": result.n, "train": len(train_idx),
+        metrics = {"backbone": backbone, "held_out": result.n, "train": len(train_idx),
                    "train_with_augmentation": len(x_train), "accuracy": result.top1,
                    # a class without held-out samples has no accuracy (NaN is not JSON)
                    "per_class": {c: (None if math.isnan(a) else a) for c, a in result.per_class.items()},
@@ -243,7 +252,7 @@ class Jobs:
         final = self.store.model_dir / str(job.model_id)
         tmp = final.with_name(f"{job.model_id}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_features_run(tmp, head, classes=classes, backbone=BACKBONE,
+        save_features_run(tmp, head, classes=classes, backbone=backbone,
                           meta={"teach": {"project_id": job.project_id,
                                           "options": asdict(options), "metrics": metrics}})
         os.replace(tmp, final)
@@ -281,15 +290,16 @@ def _lower_priority() -> None:
 
 
 class OnnxBackbone:
-    """The frozen backbone exported once to ONNX (parity-checked against torch by
+    """One frozen backbone exported once to ONNX (parity-checked against torch by
     `convlab.export`) and run by ONNX Runtime on one thread per request: a single frame
-    takes less time than in eager torch (bench/teach_latency.py), and concurrent requests run
-    side by side instead of fighting over the same compute threads."""
+    takes a fraction of eager torch's time, and concurrent requests run side by side
+    instead of fighting over the same compute threads."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, backbone: str = DEFAULT_BACKBONE) -> None:
         """folder: where the .onnx file is kept (derived data: the cache)."""
         from ..models.pretrained import weights_id
-        self.path = folder / f"{BACKBONE}-{weights_id(None)}.onnx"
+        self.name = backbone
+        self.path = folder / f"{backbone}-{weights_id(None, backbone)}.onnx"
         self._lock = threading.Lock()
         self._model = None
         self.error = ""
@@ -299,7 +309,7 @@ class OnnxBackbone:
         def work():
             _lower_priority()
             self.ensure()
-        thread = threading.Thread(target=work, daemon=True, name="onnx-backbone")
+        thread = threading.Thread(target=work, daemon=True, name=f"onnx-{self.name}")
         thread.start()
         return thread
 
@@ -321,9 +331,11 @@ class OnnxBackbone:
         from ..models import pretrained_model
 
         if not self.path.exists():
-            extractor = FeatureExtractor(pretrained_model(BACKBONE), model_spec(BACKBONE).head).eval()
-            meta = {"kind": "backbone", "classes": [], "model": {"name": BACKBONE},
-                    "preprocess": backbone_preprocess(BACKBONE).to_dict()}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            extractor = FeatureExtractor(pretrained_model(self.name),
+                                         model_spec(self.name).head).eval()
+            meta = {"kind": "backbone", "classes": [], "model": {"name": self.name},
+                    "preprocess": backbone_preprocess(self.name).to_dict()}
             export_run(Run(self.path.parent, meta, extractor), "onnx", out=self.path)
         model = OnnxModel(self.path, threads=1)
         model.pre = model.preprocess
@@ -336,18 +348,49 @@ class OnnxBackbone:
             return None
         return model.logits(model.pre(images))                # (N, D)
 
+
+class OnnxBackbones:
+    """An OnnxBackbone per backbone, each exported in the background on first use
+    (preview uses eager torch for that backbone until its file is ready)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._items: dict[str, OnnxBackbone] = {}
+
+    def get(self, backbone: str = DEFAULT_BACKBONE) -> OnnxBackbone:
+        with self._lock:
+            item = self._items.get(backbone)
+            if item is None:
+                item = self._items[backbone] = OnnxBackbone(self.folder, backbone)
+                item.start()
+            return item
+
+    def ensure(self, backbone: str = DEFAULT_BACKBONE):
+        """The ONNX model of `backbone`, built now if need be (None when it failed: see error)."""
+        return self.get(backbone).ensure()
+
+    @property
+    def error(self) -> str:
+        """Why the default backbone's export failed ('' when it did not)."""
+        return self.get().error
+
+    def embed(self, images: torch.Tensor, backbone: str = DEFAULT_BACKBONE) -> torch.Tensor | None:
+        return self.get(backbone).embed(images)
+
 class Previewer:
     """Live predictions with a project's latest trained model."""
 
-    def __init__(self, store: Store, backbone: OnnxBackbone | None = None,
+    def __init__(self, store: Store, backbone: OnnxBackbones | None = None,
                  torch_backbone: TorchBackbone | None = None) -> None:
-        """backbone: the ONNX backbone (None: eager torch only); torch_backbone: the eager
-        one (shared with the training jobs)."""
+        """backbone: the ONNX backbones (None: eager torch only); torch_backbone: the eager
+        ones (shared with the training jobs)."""
         self.store = store
         self.backbone = backbone
         self.torch_backbone = torch_backbone or TorchBackbone(store.embedding_dir)
         self._lock = threading.Lock()
-        self._heads: dict[int, tuple[int, object, list[str]]] = {}  # pid -> (model id, head, classes)
+        # pid -> (model id, head, classes, the backbone the head was trained on)
+        self._heads: dict[int, tuple[int, object, list[str], str]] = {}
 
     def _head(self, pid: int):
         from ..checkpoint import MODEL_FILE, read_meta
@@ -361,23 +404,61 @@ class Previewer:
             cached = self._heads.get(pid)
             if cached is None or cached[0] != model["id"]:
                 run_dir = self.store.model_dir / str(model["id"])
-                head = load_head(run_dir / MODEL_FILE, read_meta(run_dir))
-                cached = (model["id"], head, model["classes"])
+                meta = read_meta(run_dir)
+                head = load_head(run_dir / MODEL_FILE, meta)
+                cached = (model["id"], head, model["classes"], meta["backbone"]["name"])
                 self._heads[pid] = cached
         return cached
 
     def predict(self, pid: int, data: bytes) -> dict:
         """Class probabilities for one image file (a webcam frame or a dropped file)."""
         t0 = time.perf_counter()
-        mid, head, classes = self._head(pid)
+        mid, head, classes, backbone = self._head(pid)
         img = canonical_image(data, self.store.limits)[None]      # (1, 3, 256, 256)
-        emb = self.backbone.embed(img) if self.backbone is not None else None
+        emb = self.backbone.embed(img, backbone) if self.backbone is not None else None
         engine = "onnxruntime"
         if emb is None:
-            emb, engine = self.torch_backbone.embedder().forward(img), "torch"   # (1, D)
+            emb, engine = self.torch_backbone.embedder(backbone).forward(img), "torch"  # (1, D)
         probs = head.predict_proba(emb)[0]
         return {"model_id": mid, "classes": classes, "probs": [float(p) for p in probs],
-                "top": classes[int(probs.argmax())], "engine": engine,
+                "top": classes[int(probs.argmax())], "engine": engine, "backbone": backbone,
+                "ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+
+class ImagenetPreview:
+    """ImageNet's labels for one image from a pretrained classifier (MobileNetV2 by
+    default, as on the lecture's Cozmo robot): what the preview shows before a project
+    has a model. The classifier is loaded on first use and kept."""
+
+    def __init__(self, limits, model: str = IMAGENET_MODEL) -> None:
+        self.limits = limits
+        self.name = model
+        self._lock = threading.Lock()
+        self._model = None
+
+    def _net(self):
+        from ..models import default_preprocess, pretrained_model
+        from ..models.pretrained import imagenet_classes
+
+        with self._lock:
+            if self._model is None:
+                net = pretrained_model(self.name).eval()
+                self._model = (net, default_preprocess(self.name, 3)[0], imagenet_classes())
+            return self._model
+
+    def predict(self, data: bytes, top: int = 5) -> dict:
+        """The `top` ImageNet labels of an image file, most probable first."""
+        if not 1 <= top <= 20:
+            raise ConfigError(f"top must be 1-20; got {top}")
+        t0 = time.perf_counter()
+        net, pre, names = self._net()
+        img = canonical_image(data, self.limits)[None]            # (1, 3, 256, 256)
+        with torch.inference_mode():
+            probs = net(pre(img)).float().softmax(1)[0]           # (1000,)
+        val, idx = probs.topk(top)
+        labels = [names[i] for i in idx.tolist()]
+        return {"model": self.name, "classes": labels, "probs": [float(v) for v in val],
+                "top": labels[0], "engine": "torch",
                 "ms": round((time.perf_counter() - t0) * 1000, 1)}
 
 
@@ -388,6 +469,7 @@ def export_project(store: Store, pid: int) -> dict:
     Built in a temporary folder and renamed into place."""
     import zipfile
 
+    from ..checkpoint import read_meta
     from ..export import export_run
 
     model = store.latest_model(pid)
@@ -415,4 +497,5 @@ def export_project(store: Store, pid: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"dir": str(final), "run": str(final / "run"), "onnx": str(final / "model.onnx"),
             "dataset": str(final / "dataset.zip"), "model_id": model["id"], "images": len(shas),
+            "backbone": read_meta(final / "run")["backbone"]["name"],
             "classes": classes, "onnx_max_abs_diff": onnx.max_abs_diff}

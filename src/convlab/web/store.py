@@ -31,9 +31,15 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data import Preprocess, decode_image
 from ..files import atomic_write_bytes
-from ..errors import Conflict, ConvlabError, DatasetError, NotFound, TooLarge, UnsupportedImage
+from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFound, TooLarge,
+                      UnsupportedImage, unknown)
 
-__all__ = ["Store", "Limits", "SAMPLE_SIZE", "check_name", "canonical_image", "embedding_keys"]
+__all__ = ["Store", "Limits", "SAMPLE_SIZE", "DEFAULT_BACKBONE", "check_name", "check_backbone",
+           "canonical_image", "embedding_keys"]
+
+# The backbone of a project created without a choice, and of every project made before
+# projects had one (they were all trained on it).
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 # Samples are stored as the backbone sees them: a centre square scaled to 256x256
 # (the backbone then crops its 224x224 centre), so thousands of them stay small.
@@ -44,7 +50,8 @@ ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects(
-  id INTEGER PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL);
+  id INTEGER PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+  backbone TEXT NOT NULL DEFAULT 'efficientnet_lite0');
 CREATE TABLE IF NOT EXISTS classes(
   id INTEGER PRIMARY KEY,
   project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
@@ -91,6 +98,17 @@ def check_name(name: object, kind: str) -> str:
             f"invalid {kind} name {name[:80]!r}: use 1-64 printable characters, not starting "
             f"with '.', without '/', '\\' or control characters")
     return name
+
+
+def check_backbone(name: object) -> str:
+    """A project's backbone: a registered model whose ImageNet weights load offline."""
+    from ..models import list_pretrained
+
+    offline = list_pretrained()
+    if name not in offline:
+        raise ConfigError(unknown("backbone", str(name)[:80], offline,
+                                  "the offline backbones (see: convlab backbones)"))
+    return str(name)
 
 
 def canonical_image(data: bytes, limits: Limits) -> torch.Tensor:
@@ -161,6 +179,7 @@ class Store:
         # identical image that another request is adding at the same moment.
         self._files = threading.Lock()
         self._connect().executescript(_SCHEMA)  # idempotent; executescript commits itself
+        self._migrate()
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
@@ -174,6 +193,14 @@ class Store:
             db.execute("PRAGMA foreign_keys=ON")
             self._local.db = db
         return db
+
+    def _migrate(self) -> None:
+        """Bring a home made by an older version up to the current schema."""
+        with self.transaction() as db:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(projects)")}
+            if "backbone" not in columns:  # homes from before projects chose their backbone
+                db.execute("ALTER TABLE projects ADD COLUMN backbone TEXT NOT NULL "
+                           f"DEFAULT '{DEFAULT_BACKBONE}'")
 
     @contextmanager
     def transaction(self):
@@ -240,23 +267,25 @@ class Store:
                 self.blob_path(sha).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ projects
-    def create_project(self, name: str) -> dict:
+    def create_project(self, name: str, backbone: str = DEFAULT_BACKBONE) -> dict:
+        """A new project whose images are embedded by `backbone` (an offline backbone)."""
         name = check_name(name, "project")
+        backbone = check_backbone(backbone)
         with self.transaction() as db:
-            pid = db.execute("INSERT INTO projects(name, created) VALUES (?, ?)",
-                             (name, time.time())).lastrowid
+            pid = db.execute("INSERT INTO projects(name, created, backbone) VALUES (?, ?, ?)",
+                             (name, time.time(), backbone)).lastrowid
         return self.project(pid)
 
     def projects(self) -> list[dict]:
         rows = self._query(
-            "SELECT p.id, p.name, p.created, "
+            "SELECT p.id, p.name, p.created, p.backbone, "
             "(SELECT COUNT(*) FROM classes c WHERE c.project_id=p.id) AS classes, "
             "(SELECT COUNT(*) FROM samples s JOIN classes c ON s.class_id=c.id "
             " WHERE c.project_id=p.id) AS samples FROM projects p ORDER BY p.id")
         return [dict(r) for r in rows]
 
     def project(self, pid: int) -> dict:
-        rows = self._query("SELECT id, name, created FROM projects WHERE id=?", (pid,))
+        rows = self._query("SELECT id, name, created, backbone FROM projects WHERE id=?", (pid,))
         if not rows:
             raise NotFound(f"no project with id {pid}; list them with GET /api/projects")
         out = dict(rows[0])
@@ -267,6 +296,16 @@ class Store:
         name = check_name(name, "project")
         with self.transaction() as db:
             if not db.execute("UPDATE projects SET name=? WHERE id=?", (name, pid)).rowcount:
+                raise NotFound(f"no project with id {pid}")
+        return self.project(pid)
+
+    def set_backbone(self, pid: int, backbone: str) -> dict:
+        """Switch the project to another backbone: the next training embeds its images
+        with that one (its own cache rows); models trained before keep theirs."""
+        backbone = check_backbone(backbone)
+        with self.transaction() as db:
+            if not db.execute("UPDATE projects SET backbone=? WHERE id=?",
+                              (backbone, pid)).rowcount:
                 raise NotFound(f"no project with id {pid}")
         return self.project(pid)
 

@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { project: null, stream: null, previewing: false, recording: null, polling: null };
+const state = { project: null, stream: null, previewing: false, recording: null, polling: null,
+                info: null, imagenet: false };
 const FRAME = 256;          // frames are sent as the centre square at 256x256, like stored samples
 const RECORD_FPS = 8;
 
@@ -55,6 +56,8 @@ async function openProject(pid) {
   localStorage.setItem("convlab.project", pid);
   const p = await api("GET", `/api/projects/${pid}`);
   state.project = p;
+  $("#backbone").value = p.backbone;
+  $("#backbone-name").textContent = p.backbone;
   renderClasses(p.classes);
   showModel(p.model);
   if (p.training && p.training.state === "training") pollTraining();
@@ -65,7 +68,7 @@ async function openProject(pid) {
 
 async function newProject() {
   const n = $("#project").options.length + 1;
-  const p = await api("POST", "/api/projects", { name: `My project ${n}` });
+  const p = await api("POST", "/api/projects", { name: `My project ${n}`, backbone: $("#new-backbone").value });
   await api("POST", `/api/projects/${p.id}/classes`, { name: "Class 1" });
   await api("POST", `/api/projects/${p.id}/classes`, { name: "Class 2" });
   await loadProjects(p.id);
@@ -370,7 +373,44 @@ function showModel(model) {
 }
 
 // ------------------------------------------------------------------- preview
-function clearBars() { $("#bars").innerHTML = ""; $("#prediction").textContent = ""; $("#rate").textContent = ""; }
+function clearBars() {
+  $("#bars").innerHTML = ""; $("#prediction").textContent = ""; $("#rate").textContent = "";
+  $("#preview-note").textContent = "";
+}
+
+async function loadBackbones() {
+  state.info = await api("GET", "/api/info");
+  for (const sel of [$("#new-backbone"), $("#backbone")]) {
+    sel.innerHTML = "";
+    for (const b of state.info.backbones) {
+      const o = document.createElement("option");
+      o.value = b.name;
+      o.textContent = `${b.name} (${b.input_size} px` + (b.top1 ? `, ImageNet top-1 ${b.top1.toFixed(1)}%)` : ")");
+      sel.appendChild(o);
+    }
+  }
+  $("#new-backbone").value = state.info.backbone;
+}
+
+async function switchBackbone() {
+  const backbone = $("#backbone").value;
+  state.project = { ...state.project, ...(await api("PATCH", `/api/projects/${state.project.id}`, { backbone })) };
+  $("#backbone-name").textContent = backbone;
+  say(`The next training uses ${backbone} (its features are computed then); trained models keep theirs.`, "info");
+}
+
+// With no trained model yet, the preview shows ImageNet's top-5 labels from MobileNetV2
+// (the lecture's Cozmo demo) instead of the project's classes.
+async function hasModel() {
+  return Boolean(state.project.model || (await api("GET", `/api/projects/${state.project.id}/training`)).model);
+}
+
+function predictPath(pid) { return state.imagenet ? "/api/imagenet" : `/api/projects/${pid}/predict`; }
+
+function imagenetNote() {
+  $("#preview-note").textContent = state.imagenet ?
+    `No model trained yet: ImageNet's top-5 labels from ${state.info ? state.info.imagenet_model : "MobileNetV2"}.` : "";
+}
 
 function showPrediction(r) {
   const box = $("#bars");
@@ -386,6 +426,7 @@ function showPrediction(r) {
   }
   r.probs.forEach((p, i) => {
     const b = box.children[i];
+    $(".label span", b).textContent = r.classes[i];   // ImageNet's top-5 change from frame to frame
     b.classList.toggle("top", r.classes[i] === r.top);
     $(".fill", b).style.width = `${(100 * p).toFixed(1)}%`;
     $(".pct", b).textContent = `${(100 * p).toFixed(0)}%`;
@@ -405,7 +446,7 @@ async function previewLoop() {
       if (!frame) { await new Promise(r => setTimeout(r, 50)); continue; }
       const mine = ++sent;
       try {
-        const r = await api("POST", `/api/projects/${pid}/predict`, undefined, frame);
+        const r = await api("POST", predictPath(pid), undefined, frame);
         if (mine < shown || !state.previewing) continue;   // an older frame answered late
         shown = mine;
         showPrediction(r);
@@ -425,10 +466,9 @@ async function previewLoop() {
 
 async function togglePreview() {
   if (state.previewing) { state.previewing = false; return; }
-  if (!state.project.model && !(await api("GET", `/api/projects/${state.project.id}/training`)).model) {
-    say("Train a model first (2 · Train)."); return;
-  }
+  state.imagenet = !(await hasModel());
   if (!(await startWebcam())) return;
+  imagenetNote();
   $("#preview-image").hidden = true;
   state.previewing = true;
   $("#preview-toggle").classList.add("active");
@@ -441,9 +481,11 @@ async function classifyFile(file) {
   const img = $("#preview-image");
   img.src = URL.createObjectURL(file); img.hidden = false;
   await guarded(async () => {
+    state.imagenet = !(await hasModel());
+    imagenetNote();
     const form = new FormData();
     form.append("file", file);
-    showPrediction(await api("POST", `/api/projects/${state.project.id}/predict`, form));
+    showPrediction(await api("POST", predictPath(state.project.id), form));
   });
 }
 
@@ -512,6 +554,7 @@ function setup() {
   }));
   $("#webcam-toggle").addEventListener("click", () => state.stream ? stopWebcam() : startWebcam());
   $("#head").addEventListener("change", syncHeadFields);
+  $("#backbone").addEventListener("change", () => guarded(switchBackbone));
   $("#train").addEventListener("click", train);
   $("#preview-toggle").addEventListener("click", togglePreview);
   const drop = $("#preview-drop");
@@ -522,7 +565,7 @@ function setup() {
   $("#export").addEventListener("click", exportProject);
   $("#video").hidden = true;
   syncHeadFields();
-  guarded(() => loadProjects());
+  guarded(async () => { await loadBackbones(); await loadProjects(); });
 }
 
 setup();
