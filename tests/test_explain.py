@@ -171,17 +171,18 @@ def test_evaluation_records_maps_and_the_report_draws_them(halves_run, tmp_path)
     wrong = ImageSet(data.images, 1 - data.labels, data.classes, "swapped")   # all mistakes
     ev = evaluate_run(halves_run, data=wrong, split="swapped", mistakes=6)
     info = json.loads(ev.path.read_text())
-    assert info["maps"] == {"method": "gradcam", "layer": "network1.2", "class": "predicted"}
+    # a 28x28 input: occlusion (see mistake_maps)
+    assert info["maps"] == {"method": "occlusion", "layer": "", "class": "predicted"}
     for m in info["mistakes"]:
         cam = torch.tensor(m["map"])
         assert cam.shape == (MAP_SIDE, MAP_SIDE) and cam.min() >= 0 and cam.max() == 1
-        assert _left_share(cam[None])[0] > 0.5     # the deciding half
+        assert _left_share(cam[None])[0] > 0.6     # the deciding half
     plots = write_run_plots(halves_run, data=wrong)
     assert plots["mistakes"].is_file()
     from convlab.figures.report import write_report
 
     page = write_report(halves_run).read_text()
-    assert "Grad-CAM on layer network1.2" in page
+    assert "occlusion, the drop of the class score" in page
 
 
 def test_pretrained_backbone_on_a_real_photo(tmp_path, capsys):
@@ -198,3 +199,15 @@ def test_pretrained_backbone_on_a_real_photo(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("top-patches-blocks.1.png")
     model = create_model("efficientnet_lite0", 1000, pretrained=True)
     assert cam_layer(model, (3, 224, 224)) == "bn2"
+
+
+def test_larger_inputs_get_grad_cam_maps_in_the_evaluation():
+    from convlab.models import default_preprocess
+    from convlab.training.evaluation import OCCLUSION_SIDE, mistake_maps
+
+    model = create_model("small_cnn", 3, input_size=96).eval()
+    pre, _ = default_preprocess("small_cnn", 3, 96)
+    images = (torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    how, maps = mistake_maps(model, images, pre, torch.tensor([0, 2]))
+    assert 96 > OCCLUSION_SIDE and how == {"method": "gradcam", "layer": cam_layer(model, (3, 96, 96))}
+    assert all(len(m) <= MAP_SIDE and len(m[0]) <= MAP_SIDE for m in maps)

@@ -426,8 +426,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         heat = upsample_maps(maps.maps, tuple(x.shape[-2:]))[0]
         name = classes[t] if classes and t < len(classes) else str(t)
         top_name = classes[top] if classes and top < len(classes) else str(top)
-        how = (f"Grad-CAM on {maps.layer}" if maps.method == "gradcam"
-               else "occlusion (the score's drop when a grey square hides each place)")
+        how = f"Grad-CAM on {maps.layer}" if maps.method == "gradcam" else "occlusion"
         path = save_explanation(x_img[0], heat, out_dir / f"explain-{_slug(Path(f).stem)}-{maps.method}.png",
                                 title=f"{label}: {Path(f).name}, predicted {top_name} "
                                       f"({float(probs[top]):.0%})",

@@ -38,6 +38,13 @@ def read_evaluation(run_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _map_method(maps: dict) -> str:
+    """How evaluation.json's evidence maps were made, in words."""
+    if maps.get("method") == "gradcam":
+        return f"Grad-CAM on layer {maps.get('layer')}"
+    return "occlusion, the drop of the class score when a grey square hides each place"
+
+
 def _older(path: Path, than: Path) -> bool:
     """True when `path` is missing or older than `than`."""
     return not path.exists() or path.stat().st_mtime < than.stat().st_mtime
@@ -77,8 +84,8 @@ def write_run_plots(run_dir: str | os.PathLike, *, data: ImageSet | None = None)
         idx = torch.tensor([m["index"] for m in mistakes])
         maps = ([torch.tensor(m["map"]) for m in mistakes]
                 if all("map" in m for m in mistakes) else None)
-        where = (f";\nheat: where the evidence for the predicted class lies (Grad-CAM on "
-                 f"{evaluation['maps']['layer']})" if maps is not None else "")
+        where = (f";\nheat: where the evidence for the predicted class lies "
+                 f"({_map_method(evaluation['maps'])})" if maps is not None else "")
         images = data.images[idx]
         if maps is not None:  # the maps cover the model's input: its crop or padding
             images = Preprocess.from_dict(meta["preprocess"]).fit(images)
@@ -192,10 +199,10 @@ def _evaluation_section(path: Path, evaluation: dict) -> list[str]:
     if (path / PLOT_FILES["mistakes"]).exists():
         parts += ["<h3>Most confidently wrong</h3>"]
         if evaluation.get("maps"):
-            parts.append(f'<p class="note">Over each image, where the evidence for the class the '
-                         f"model predicted lies (red most, blue none): Grad-CAM on layer "
-                         f"{html.escape(evaluation['maps']['layer'])}, recorded by the evaluation "
-                         f"in {EVALUATION_FILE}.</p>")
+            parts.append(f'<p class="note">Beside each image, where the evidence for the class '
+                         f"the model predicted lies (red most, blue none): "
+                         f"{html.escape(_map_method(evaluation['maps']))}, recorded by the "
+                         f"evaluation in {EVALUATION_FILE}.</p>")
         parts.append(_img(path / PLOT_FILES["mistakes"], "most confidently wrong images"))
     return parts
 

@@ -4,7 +4,7 @@ evaluate_run() runs the model on the run's test split (else its validation split
 its training data) and writes the counts of evaluate() (top-1/top-5, per-class
 accuracy, the confusion matrix) and the most confidently wrong images (their indices
 in the evaluated set, true and predicted class, confidence, and where the evidence for
-the predicted class lies: a Grad-CAM map of at most 16x16, 0..1). convlab.figures
+the predicted class lies: an occlusion or Grad-CAM map of at most 16x16, 0..1). convlab.figures
 draws from that file and never runs a model.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.attribution import attribution_copy, grad_cam
+from ..analysis.attribution import attribution_copy, grad_cam, occlusion
 from ..checkpoint import EVALUATION_FILE, META_FILE, Run, load_run, read_meta
 from ..config import TrainConfig
 from ..data import ImageSet, list_datasets
@@ -27,9 +27,10 @@ from .run import prepare_data
 from .splits import load_test_split
 
 __all__ = ["RunEvaluation", "evaluate_run", "evaluation_data", "evaluation_stale",
-           "confident_mistakes", "mistake_maps", "MAP_SIDE"]
+           "confident_mistakes", "mistake_maps", "MAP_SIDE", "OCCLUSION_SIDE"]
 
-MAP_SIDE = 16   # evaluation.json keeps evidence maps at most this many cells a side
+MAP_SIDE = 16         # evaluation.json keeps evidence maps at most this many cells a side
+OCCLUSION_SIDE = 64   # inputs up to this side get occlusion maps, larger ones Grad-CAM
 
 
 @dataclass
@@ -73,25 +74,39 @@ def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int = 16
 
 
 def mistake_maps(model: torch.nn.Module, images: torch.Tensor, preprocess, predicted: torch.Tensor,
-                 device: str | torch.device = "cpu") -> tuple[str, list] | None:
-    """(layer, maps): Grad-CAM maps of the predicted class for uint8 images (N, C, H, W),
-    average-pooled to at most MAP_SIDE a side, each scaled to 0..1 and rounded to 2
-    decimals (nested lists for JSON). None for a model without a conv layer."""
+                 device: str | torch.device = "cpu") -> tuple[dict, list] | None:
+    """({method, layer}, maps): where the evidence for the predicted class lies in each of
+    the uint8 images (N, C, H, W), average-pooled to at most MAP_SIDE a side, each scaled
+    to 0..1 and rounded to 2 decimals (nested lists for JSON).
+
+    Inputs of at most OCCLUSION_SIDE pixels a side get occlusion maps: a few hundred
+    forward passes of a small image cost little, and they show what the network weighs
+    at each place, where Grad-CAM's channel weights (gradients averaged over the map)
+    lose the place-by-place weights of a dense classifier like mnist_cnn's. Larger
+    inputs (ImageNet backbones, which pool globally before the classifier, where
+    Grad-CAM is exact) get Grad-CAM on the last conv layer's output; a model without a
+    conv layer gets occlusion at any size."""
     if not len(images):
         return None
     twin = attribution_copy(model)
     x = preprocess(images.to(device))
-    try:
-        cam = grad_cam(twin, x, predicted.tolist())
-    except ModelError:          # no convolution with a spatial output (mnist_linear, mnist_mlp)
-        return None
+    target = predicted.tolist()
+    cam = None
+    if max(x.shape[-2:]) > OCCLUSION_SIDE:
+        try:
+            cam = grad_cam(twin, x, target)
+        except ModelError:      # no convolution with a spatial output
+            cam = None
+    if cam is None:
+        cam = occlusion(twin, x, target)
     maps = cam.maps                                              # (N, h, w)
     h, w = maps.shape[-2:]
     if max(h, w) > MAP_SIDE:
         maps = torch.nn.functional.adaptive_avg_pool2d(maps[:, None], (min(h, MAP_SIDE),
                                                                      min(w, MAP_SIDE)))[:, 0]
     maps = maps / maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-    return cam.layer, [[[round(v, 2) for v in row] for row in m] for m in maps.cpu().tolist()]
+    return ({"method": cam.method, "layer": cam.layer},
+            [[[round(v, 2) for v in row] for row in m] for m in maps.cpu().tolist()])
 
 
 def evaluation_stale(run_dir: str | os.PathLike) -> bool:
@@ -139,7 +154,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: ImageSet | None = None, sp
     info = {"dataset": data.name, "split": split, **result.to_dict()}
     maps = mistake_maps(run.model, data.images[idx], run.preprocess, pred, device)
     if maps is not None:
-        info["maps"] = {"method": "gradcam", "layer": maps[0], "class": "predicted"}
+        info["maps"] = {**maps[0], "class": "predicted"}
         for m, cam in zip(wrong, maps[1]):
             m["map"] = cam
     info["mistakes"] = wrong
