@@ -33,7 +33,7 @@ from ..errors import ModelError
 __all__ = ["BundledWeights", "BUNDLED", "bundled_path", "bundled_state", "load_bundled",
            "read_verified", "load_weights_file", "read_state_dict", "load_state_adapted",
            "imagenet_classes", "torchvision_weights", "download_by_name", "weights_id",
-           "offline_backbones"]
+           "lukemelas_key"]
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,6 @@ BUNDLED: dict[str, BundledWeights] = {
 }
 
 
-def offline_backbones() -> list[str]:
-    """Names of the registered models whose ImageNet weights load offline."""
-    return list(BUNDLED)
-
-
 # lukemelas EfficientNet block layer -> timm layer, for blocks with and without expansion
 _EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
              "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
@@ -121,8 +116,8 @@ def bundled_path(weights: BundledWeights) -> Path:
     """The weights file inside its installed package (found without importing it)."""
     spec = importlib.util.find_spec(weights.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"these bundled weights need the package {weights.requirement.split('==')[0]}"
-                         f": {weights.install}")
+        package = weights.requirement.split("==")[0]
+        raise ModelError(f"these bundled weights need the package {package}: {weights.install}")
     path = Path(next(iter(spec.submodule_search_locations))) / weights.file
     if not path.is_file():
         raise ModelError(f"{path}: the bundled weights file is missing; reinstall: "
