@@ -20,6 +20,7 @@ from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFoun
                       UnsupportedImage, unknown)
 from .learn import (HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones, Previewer,
                     TorchBackbone, TrainOptions, export_project)
+from .looks import WhereItLooks
 from .security import Guard
 from .store import DEFAULT_BACKBONE, Limits, Store, check_name
 
@@ -77,6 +78,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
         backbone.get(DEFAULT_BACKBONE)  # starts its export now: most projects use it
     previewer = Previewer(store, backbone, torch_backbone)
     imagenet = ImagenetPreview(limits)
+    looks = WhereItLooks(store)
 
     # FastAPI's own /docs pages load their scripts from a CDN; this app works offline, so
     # /docs is a small page of ours that renders /openapi.json.
@@ -93,7 +95,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
 
     for routes in (_info_routes(limits), _project_routes(store, jobs), _sample_routes(store),
                    _training_routes(store, jobs, previewer), _imagenet_routes(imagenet),
-                   _export_routes(store), _ui_routes()):
+                   _looks_routes(looks), _export_routes(store), _ui_routes()):
         app.include_router(routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)
@@ -276,6 +278,22 @@ def _imagenet_routes(imagenet: ImagenetPreview) -> APIRouter:
                              "preview shows this while a project has no trained model.")
     async def imagenet_labels(request: Request, top: int = 5) -> dict:
         return await run_in_threadpool(imagenet.predict, await _image_from(request), top)
+
+    return router
+
+
+def _looks_routes(looks: WhereItLooks) -> APIRouter:
+    """Where the project's model looks in an image (the preview's toggle)."""
+    router = APIRouter()
+
+    @router.post("/api/projects/{pid}/looks", summary="Where the model looks in one image",
+                 description="The image as the raw request body or as multipart field 'file'. "
+                             "The prediction (as /predict gives it) and a Grad-CAM map of the "
+                             "evidence for the predicted class (or ?target=INDEX): 'map' (rows "
+                             "of 0..1), 'box' (top, left, height, width of the part of the "
+                             "image it covers, as fractions), 'layer'.")
+    async def where_it_looks(pid: int, request: Request, target: int | None = None) -> dict:
+        return await run_in_threadpool(looks.explain, pid, await _image_from(request), target)
 
     return router
 

@@ -434,6 +434,37 @@ function showPrediction(r) {
   $("#prediction").textContent = r.top;
 }
 
+// With "where it looks" on, the preview asks /looks: the prediction and a Grad-CAM map,
+// drawn over the picture on the part of it the model sees (r.box).
+function looksOn() { return $("#looks-toggle").checked && !state.imagenet; }
+function previewPath(pid) { return looksOn() ? `/api/projects/${pid}/looks` : predictPath(pid); }
+
+function jet(v) {   // 0 blue .. 1 red, as the CLI's figures
+  const f = x => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - x))));
+  return [f(3), f(2), f(1)];
+}
+
+async function drawLooks(image, r) {
+  const c = $("#looks");
+  if (!r.map) { c.hidden = true; return; }
+  const bmp = await createImageBitmap(image);
+  const s = Math.min(bmp.width, bmp.height);   // the centre square, as the server takes it
+  const ctx = c.getContext("2d");
+  ctx.drawImage(bmp, (bmp.width - s) / 2, (bmp.height - s) / 2, s, s, 0, 0, c.width, c.height);
+  const h = r.map.length, w = r.map[0].length;
+  const small = document.createElement("canvas");
+  small.width = w; small.height = h;
+  const cells = small.getContext("2d").createImageData(w, h);
+  r.map.forEach((row, y) => row.forEach((v, x) => {
+    cells.data.set([...jet(v), 120], 4 * (y * w + x));
+  }));
+  small.getContext("2d").putImageData(cells, 0, 0);
+  const [top, left, bh, bw] = r.box;
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(small, left * c.width, top * c.height, bw * c.width, bh * c.height);
+  c.hidden = false;
+}
+
 async function previewLoop() {
   // Two requests in flight: the next frame is encoded and sent while the server works on
   // the last one, so the rate is set by the slower side, not by both added up.
@@ -446,10 +477,11 @@ async function previewLoop() {
       if (!frame) { await new Promise(r => setTimeout(r, 50)); continue; }
       const mine = ++sent;
       try {
-        const r = await api("POST", predictPath(pid), undefined, frame);
+        const r = await api("POST", previewPath(pid), undefined, frame);
         if (mine < shown || !state.previewing) continue;   // an older frame answered late
         shown = mine;
         showPrediction(r);
+        await drawLooks(frame, r);
         const now = performance.now();
         times.push(now);
         while (times.length && now - times[0] > 2000) times.shift();
@@ -485,7 +517,9 @@ async function classifyFile(file) {
     imagenetNote();
     const form = new FormData();
     form.append("file", file);
-    showPrediction(await api("POST", predictPath(state.project.id), form));
+    const r = await api("POST", previewPath(state.project.id), form);
+    showPrediction(r);
+    await drawLooks(file, r);
   });
 }
 
