@@ -100,6 +100,11 @@ def test_explain_cli_writes_maps_for_a_run(halves_run, tmp_path, capsys):
         "vertical, horizontal" in err
     assert main(["explain", "resnet18", files[0]]) == 2
     assert "no bundled pretrained weights" in capsys.readouterr().err
+    assert main(["explain", str(halves_run), files[0], "--layer", "network2"]) == 2
+    assert "layer 'network2' (Linear, output 2) has no Grad-CAM maps" in capsys.readouterr().err
+    assert main(["explain", str(halves_run), files[0], "--method", "occlusion", "--layer",
+                 "network1.0"]) == 2
+    assert "occlusion hides parts of the image itself" in capsys.readouterr().err
 
 
 def _known_geometry_model() -> nn.Module:

@@ -194,7 +194,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = 
     `model` should be an attribution_copy (the function works on it as it is)."""
     from captum.attr import LayerGradCam
 
-    layer = layer or cam_layer(model, tuple(x.shape[1:]))
+    if layer is None:
+        layer = cam_layer(model, tuple(x.shape[1:]))
+    else:
+        check_spatial_layer(model, tuple(x.shape[1:]), layer, "Grad-CAM maps")
     chosen, probs = _targets(model, x, targets)
     with torch.enable_grad():
         cam = LayerGradCam(model, _module(model, layer)).attribute(
@@ -235,6 +238,9 @@ def class_maps(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None 
     if method == "gradcam":
         return grad_cam(model, x, targets, layer=layer)
     if method == "occlusion":
+        if layer is not None:
+            raise ConfigError("occlusion hides parts of the image itself and has no layer; "
+                              "a layer is for --method gradcam")
         return occlusion(model, x, targets, window=window, stride=stride)
     raise ConfigError(unknown("method", method, METHODS))
 
