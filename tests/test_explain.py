@@ -216,3 +216,17 @@ def test_larger_inputs_get_grad_cam_maps_in_the_evaluation():
     how, maps = mistake_maps(model, images, pre, torch.tensor([0, 2]))
     assert 96 > OCCLUSION_SIDE and how == {"method": "gradcam", "layer": cam_layer(model, (3, 96, 96))}
     assert all(len(m) <= MAP_SIDE and len(m[0]) <= MAP_SIDE for m in maps)
+
+
+def test_a_head_without_gradients_is_refused_for_grad_cam_but_occluded():
+    from convlab.models.backbone import FeatureExtractor
+    from convlab.models.heads import FeaturesModel, KNNHead
+
+    head = KNNHead(32 * 14 * 14, 3, size=5, k=2)
+    head.remember(torch.randn(5, 32 * 14 * 14), torch.tensor([0, 1, 2, 0, 1]))
+    model = attribution_copy(FeaturesModel(FeatureExtractor(create_model("mnist_cnn", 3), "network2"),
+                                           head))
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(ModelError, match="nearest-neighbour head votes by index"):
+        class_maps(model, x, [0, 1], method="gradcam")
+    assert class_maps(model, x, [0, 1], method="occlusion").maps.shape == (2, 28, 28)

@@ -200,8 +200,16 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = 
         check_spatial_layer(model, tuple(x.shape[1:]), layer, "Grad-CAM maps")
     chosen, probs = _targets(model, x, targets)
     with torch.enable_grad():
-        cam = LayerGradCam(model, _module(model, layer)).attribute(
-            x, target=chosen, relu_attributions=True)               # (N, 1, h, w)
+        try:
+            cam = LayerGradCam(model, _module(model, layer)).attribute(
+                x, target=chosen, relu_attributions=True)           # (N, 1, h, w)
+        except RuntimeError as exc:
+            if "does not require grad" not in str(exc):
+                raise
+            # e.g. a kNN head: its votes come from an index, with no gradient to follow
+            raise ModelError(f"the class scores do not depend on layer '{layer}' through "
+                             f"gradients (a nearest-neighbour head votes by index), so "
+                             f"Grad-CAM has nothing to weigh; use --method occlusion") from None
     if cam.dim() != 4:
         raise ModelError(f"layer '{layer}' gives {tuple(cam.shape[1:])}, not maps; choose a "
                          f"convolution layer")

@@ -84,21 +84,20 @@ def mistake_maps(model: torch.nn.Module, images: torch.Tensor, preprocess, predi
     at each place, where Grad-CAM's channel weights (gradients averaged over the map)
     lose the place-by-place weights of a dense classifier like mnist_cnn's. Larger
     inputs (ImageNet backbones, which pool globally before the classifier, where
-    Grad-CAM is exact) get Grad-CAM on the last conv layer's output; a model without a
-    conv layer gets occlusion at any size."""
+    Grad-CAM is exact) get Grad-CAM on the last conv layer's output, or no maps (None)
+    when Grad-CAM cannot follow the model (no conv layer, a kNN head)."""
     if not len(images):
         return None
     twin = attribution_copy(model)
     x = preprocess(images.to(device))
     target = predicted.tolist()
-    cam = None
-    if max(x.shape[-2:]) > OCCLUSION_SIDE:
+    if max(x.shape[-2:]) <= OCCLUSION_SIDE:
+        cam = occlusion(twin, x, target)
+    else:
         try:
             cam = grad_cam(twin, x, target)
-        except ModelError:      # no convolution with a spatial output
-            cam = None
-    if cam is None:
-        cam = occlusion(twin, x, target)
+        except ModelError:      # no conv layer, or no gradient (a kNN head): occlusion
+            return None         # would cost hundreds of large forward passes per image
     maps = cam.maps                                              # (N, h, w)
     h, w = maps.shape[-2:]
     if max(h, w) > MAP_SIDE:
