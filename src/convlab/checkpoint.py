@@ -30,7 +30,7 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
-EVALUATION_FILE = "evaluation.json"  # written by train.evaluation, read by the figures
+EVALUATION_FILE = "evaluation.json"  # written by training.evaluation, read by the figures
 _STAGING = ".staging"
 _COMPLETE = "COMPLETE"
 

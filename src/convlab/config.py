@@ -191,7 +191,7 @@ class TransferConfig:
     backbone: str = "efficientnet_lite0"  # a registered model with pretrained weights
     weights: str | None = None          # a state-dict file instead of the bundled weights
     layer: str | None = None            # features: take this layer instead of the pre-logits
-    image_size: int | None = None       # input size (default the backbone's, 224)
+    image_size: int | None = None       # input size (default the backbone's own: 224-260)
     head: str = "linear"                # features: linear | mlp | knn | svm
     k: int = 5                          # knn: neighbours
     hidden: tuple[int, ...] = (256,)    # mlp: hidden units (one or two layers)

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 __all__ = [
     "ConvlabError", "DatasetError", "ModelError", "CheckpointError", "ConfigError",
-    "TrainingError", "TrainingInterrupted", "DistributedError", "ForwardFailed", "closest",
-    "unknown", "NotFound", "Conflict", "TooLarge", "UnsupportedImage",
+    "TrainingError", "TrainingInterrupted", "DistributedError", "ForwardFailed", "LayerReached",
+    "NotFound", "Conflict", "TooLarge", "UnsupportedImage", "closest", "unknown",
 ]
 
 
@@ -60,6 +60,11 @@ class ForwardFailed(RuntimeError):
     def __init__(self, layer: str, layer_type: str, input_shape: tuple[int, ...], error: Exception):
         super().__init__(f"{layer} ({layer_type}): {error}")
         self.layer, self.layer_type, self.input_shape, self.error = layer, layer_type, input_shape, error
+
+
+class LayerReached(Exception):
+    """Raised by a forward hook to end a forward pass once the wanted layer has run
+    (control flow inside convlab.analysis; it never reaches a user)."""
 
 
 def closest(name: str, choices: Iterable[str]) -> str:

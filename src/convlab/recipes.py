@@ -23,7 +23,6 @@ class Recipe:
     prefer_bf16: bool = False  # bf16 where the CPU computes it natively, else float32
 
 
-
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe(
         "fmnist-94", "fmnist_resnet",

@@ -11,7 +11,6 @@ place, and the caller's module stays as it was.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, ModelError, unknown
+from ..errors import ConfigError, LayerReached, ModelError, unknown
 from .layers import LayerStats, ReceptiveField, layer_kind, layer_stats
 
 __all__ = ["METHODS", "PROJECTIONS", "ClassMaps", "TopPatches", "attribution_copy",
@@ -264,10 +263,6 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- top patches
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wanted layer has run."""
-
-
 class _LayerOutput(nn.Module):
     """The model cut after `layer`: input -> that layer's output, flattened (N, C*h*w),
     so one output index names one unit at one position (captum's target)."""
@@ -281,11 +276,11 @@ class _LayerOutput(nn.Module):
 
         def hook(module, args, out):
             kept.append(out)
-            raise _Stop
+            raise LayerReached
         handle = self.layer.register_forward_hook(hook)
         try:
             self.model(x)
-        except _Stop:
+        except LayerReached:
             pass
         finally:
             handle.remove()

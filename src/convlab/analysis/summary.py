@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ForwardFailed, ModelError
 from ..models import create_model, model_spec
-from ..errors import ForwardFailed
 from .layers import ModelStats, layer_stats
 
 __all__ = ["parse_input", "default_input", "default_classes", "model_stats", "ModelSummary",

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, ModelError, unknown
+from ..errors import ConfigError, ModelError, closest, unknown
 from ..tables import FORMATS, render_table
 
 __all__ = ["register", "CONVENTIONS", "layer_table", "share_table"]
@@ -390,8 +390,6 @@ def _class_index(name: str, classes: list[str] | None, k: int) -> int:
         return classes.index(name)
     if name.isdigit() and int(name) < k:
         return int(name)
-    from ..errors import closest
-
     if not classes:
         raise ConfigError(f"the model names no classes; give --class as a number 0..{k - 1}")
     shown = ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
@@ -486,7 +484,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="image file for feature maps (default: the run's first test "
                    "image, or a cat photo for a model name)")
     p.add_argument("--pretrained", action="store_true",
-                   help="a model name with bundled weights (efficientnet_lite0)")
+                   help="a model name with bundled weights (see: convlab backbones)")
     p.add_argument("--classes", type=int, help="classes of an untrained model (default: its own)")
     p.add_argument("--max-maps", type=int, default=64, help="feature maps per layer (default 64)")
     p.add_argument("--data", help="top-patches: images to search, a folder of photos (class "
@@ -511,7 +509,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "occlusion sensitivity, the drop of the class score when a grey square hides each "
         "place (Zeiler & Fergus 2013). A model name uses its bundled pretrained weights.")
     p.add_argument("target", help="a run directory, or a model name with bundled weights "
-                   "(efficientnet_lite0)")
+                   "(see: convlab backbones)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam",
                    help="gradcam (fast) or occlusion (a forward pass per square; default gradcam)")

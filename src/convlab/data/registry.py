@@ -5,10 +5,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from typing import TYPE_CHECKING
 
 from ..errors import DatasetError, unknown
 from ..files import cache_root

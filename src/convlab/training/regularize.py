@@ -1,7 +1,7 @@
 """Regularisation and initialisation as fit-loop callbacks: L1 (a proximal step), max-norm
 constraints, dropout rate, early stopping that restores the best weights, and the
 lecture's weight initialisation schemes. L2 is the optimizer's weight decay and label
-smoothing is the loss's (training/optim.py); `craft_callbacks(config)` builds the rest.
+smoothing is the loss's (tasks/classification.py); `craft_callbacks(config)` builds the rest.
 """
 from __future__ import annotations
 

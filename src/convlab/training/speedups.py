@@ -350,7 +350,6 @@ def _sync_batchnorms_in_place(model: nn.Module, device: torch.device
     return [(m, name, child) for m, name, child in before if m._modules.get(name) is not child]
 
 
-
 def _layer(gm: fx.GraphModule, node: fx.Node, cls: type) -> nn.Module | None:
     """The module `node` calls when it is exactly a `cls` called on one tensor, with no
     hooks and no forward of its own (its call can be replaced); else None."""
