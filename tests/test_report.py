@@ -139,6 +139,14 @@ def test_plot_history_without_validation(tmp_path):
     assert _count(history, TRAINING) > 100 and _count(history, RATE) > 100
 
 
+def test_plot_history_draws_only_the_series_a_run_has(tmp_path):
+    # a features run: one validation accuracy, no training loss, accuracy or rate
+    metrics = [{"epoch": 1, "val_acc": 0.75, "seconds": 2.0}]
+    history = _figure(plot_history(metrics, tmp_path / "h.png"), (5, 3.6))  # one panel
+    assert _count(history, VALIDATION) > 20
+    assert _count(history, TRAINING) == 0 and _count(history, RATE) == 0
+
+
 def _metrics_headers(page: str) -> list[str]:
     table = re.search(r"<h2>Metrics by epoch</h2><table><tr>(.*?)</tr>", page).group(1)
     return re.findall(r"<th>(.*?)</th>", table)

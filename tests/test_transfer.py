@@ -128,3 +128,19 @@ def test_class_with_one_image_is_refused(tmp_path, capsys):
                  "--out", str(tmp_path / "run")])
     assert code != 0
     assert "at least 2 images per class; too few in: b" in capsys.readouterr().err
+
+
+def test_report_of_a_features_run_shows_its_validation_accuracy(tmp_path, capsys):
+    # a features run records no training loss, accuracy or learning rate: the report
+    # draws and shows only what it has (validation accuracy, time)
+    write_folder(tmp_path / "photos", n_per_class=4, classes=("red", "blue"), size=32)
+    r = transfer(str(tmp_path / "photos"), TransferConfig(strategy="features", image_size=32),
+                 TrainConfig(val_split=0.5), out=tmp_path / "feat", verbose=False)
+    meta = json.loads((r.run_dir / "meta.json").read_text())
+    assert "loss" not in meta["metrics"][0] and meta["metrics"][0]["val_acc"] == r.val_acc
+    assert main(["report", str(r.run_dir), "--device", "cpu"]) == 0
+    assert "report written to" in capsys.readouterr().out
+    page = (r.run_dir / "report.html").read_text()
+    assert f"<b>{r.val_acc:.2%}</b><span>validation accuracy" in page
+    assert "training accuracy" not in page and "Evaluation on the validation set" in page
+    assert (r.run_dir / "history.png").exists()

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from .base import image_grid, plt, save_figure
 
-__all__ = ["plot_lr_find", "plot_history", "plot_confusion", "plot_mistakes"]
+__all__ = ["plot_lr_find", "plot_history", "plot_confusion", "plot_mistakes", "HISTORY_KEYS"]
+
+HISTORY_KEYS = ("loss", "val_loss", "acc", "val_acc", "lr")  # the per-epoch series plot_history draws
 
 
 def plot_lr_find(result, path: str | os.PathLike, title: str = "") -> Path:
@@ -46,30 +49,47 @@ def plot_lr_find(result, path: str | os.PathLike, title: str = "") -> Path:
 
 def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Loss and accuracy (training and validation) and learning rate by epoch, from
-    meta.json's "metrics" list (one dict per epoch: epoch, loss, acc, val_loss, val_acc, lr)."""
+    meta.json's "metrics" list (one dict per epoch: epoch, loss, acc, val_loss, val_acc, lr).
+
+    Only the series the run has are drawn: a features run (a head fitted on frozen
+    embeddings) records a validation accuracy but no training loss, accuracy or rate,
+    so it gets one accuracy panel."""
     epochs = [m["epoch"] for m in metrics]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    panels = (("loss", "loss", "val_loss"), ("accuracy", "acc", "val_acc"))
-    for ax, (name, key, val_key) in zip(axes, panels):
-        ax.plot(epochs, [m[key] for m in metrics], "o-", label="training", ms=3)
-        val = [(e, m[val_key]) for e, m in zip(epochs, metrics) if m.get(val_key) is not None]
+
+    def series(key: str) -> list[tuple]:
+        return [(e, m[key]) for e, m in zip(epochs, metrics) if m.get(key) is not None]
+    panels = [(name, series(key), series(val_key))
+              for name, key, val_key in (("loss", "loss", "val_loss"), ("accuracy", "acc", "val_acc"))]
+    panels = [p for p in panels if p[1] or p[2]]
+    rates = series("lr")
+    n = len(panels) + bool(rates)
+    if n == 0:
+        raise ConfigError(f"plot_history: nothing to draw; each epoch needs one of "
+                          f"{', '.join(HISTORY_KEYS)}")
+    fig, axes = plt.subplots(1, n, figsize=(13 * n / 3 if n > 1 else 5, 3.6), squeeze=False)
+    axes = list(axes[0])
+    for ax, (name, train, val) in zip(axes, panels):
+        if train:
+            ax.plot(*zip(*train), "o-", label="training", ms=3)
         if val:
-            ax.plot(*zip(*val), "s-", label="validation", ms=3)
+            ax.plot(*zip(*val), "s-", color="C1", label="validation", ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(name.capitalize())
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    axes[2].plot(epochs, [m["lr"] for m in metrics], "o-", color="C2", ms=3)
-    lrs = [m["lr"] for m in metrics]
-    if min(lrs) > 0 and max(lrs) > 3 * min(lrs):
-        axes[2].set_yscale("log")
-    elif max(lrs) == min(lrs):  # a constant rate: show it as a flat line at its value
-        axes[2].set_ylim(0, 2 * max(lrs) or 1)
-    axes[2].set_xlabel("epoch")
-    axes[2].set_ylabel("learning rate")
-    axes[2].set_title("Learning rate (at the end of each epoch)")
-    axes[2].grid(True, alpha=0.3)
+    if rates:
+        ax = axes[-1]
+        ax.plot(*zip(*rates), "o-", color="C2", ms=3)
+        lrs = [lr for _, lr in rates]
+        if min(lrs) > 0 and max(lrs) > 3 * min(lrs):
+            ax.set_yscale("log")
+        elif max(lrs) == min(lrs):  # a constant rate: show it as a flat line at its value
+            ax.set_ylim(0, 2 * max(lrs) or 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.set_title("Learning rate (at the end of each epoch)")
+        ax.grid(True, alpha=0.3)
     from matplotlib.ticker import MaxNLocator
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -24,7 +24,7 @@ from ..checkpoint import EVALUATION_FILE, META_FILE, load_run, read_meta
 from ..data import ImageSet, Preprocess
 from ..errors import DatasetError
 from ..files import atomic_write_bytes
-from .plots import plot_confusion, plot_history, plot_mistakes
+from .plots import HISTORY_KEYS, plot_confusion, plot_history, plot_mistakes
 
 __all__ = ["read_evaluation", "write_run_plots", "write_report", "PLOT_FILES", "REPORT_FILE"]
 
@@ -64,7 +64,7 @@ def write_run_plots(run_dir: str | os.PathLike, *, data: ImageSet | None = None)
     written: dict[str, Path] = {}
     metrics = meta.get("metrics", [])
     model_name = meta.get("model", {}).get("name", "")
-    if metrics:
+    if any(m.get(k) is not None for m in metrics for k in HISTORY_KEYS):
         written["history"] = plot_history(metrics, path / PLOT_FILES["history"],
                                           title=f"{model_name} on {meta['dataset']['name']}")
     evaluation = read_evaluation(path)
@@ -212,13 +212,16 @@ def _summary_cards(evaluation: dict | None, metrics: list[dict], n_params: int) 
     if evaluation:
         cards += [_card(f"{evaluation['top1_error']:.2%}", f"top-1 error ({evaluation['split']})"),
                   _card(f"{evaluation['top5_error']:.2%}", f"top-5 error ({evaluation['split']})")]
-    if metrics:
+    if metrics:  # only what the run recorded: a features run has no training accuracy
         last = metrics[-1]
-        cards.append(_card(f"{last['acc']:.2%}", "training accuracy, last epoch"))
+        if last.get("acc") is not None:
+            cards.append(_card(f"{last['acc']:.2%}", "training accuracy, last epoch"))
         if last.get("val_acc") is not None:
             cards.append(_card(f"{last['val_acc']:.2%}", "validation accuracy, last epoch"))
         cards.append(_card(f"{len(metrics)}", "epochs"))
-        cards.append(_card(f"{sum(m['seconds'] for m in metrics):.0f} s", "training time"))
+        seconds = [m["seconds"] for m in metrics if m.get("seconds") is not None]
+        if seconds:
+            cards.append(_card(f"{sum(seconds):.0f} s", "training time"))
     cards.append(_card(f"{n_params:,}", "parameters"))
     return f'<div class="cards">{"".join(cards)}</div>'
 
