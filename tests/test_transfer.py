@@ -144,3 +144,21 @@ def test_report_of_a_features_run_shows_its_validation_accuracy(tmp_path, capsys
     assert f"<b>{r.val_acc:.2%}</b><span>validation accuracy" in page
     assert "training accuracy" not in page and "Evaluation on the validation set" in page
     assert (r.run_dir / "history.png").exists()
+
+
+@pytest.mark.parametrize("strategy", ["features", "finetune"])
+def test_every_strategy_records_the_test_set_in_one_shape(tmp_path, strategy):
+    from convlab import evaluate
+
+    data = make_imageset(n_per_class=6, classes=2, channels=3, size=32)
+    train_set, test_set = data.split(0.34, 0)
+    train_set, val_set = train_set.split(0.25, 0)
+    r = transfer(data, TransferConfig(strategy=strategy, unfreeze=1, image_size=48),
+                 TrainConfig(epochs=1, batch_size=4, val_split=0.25), out=tmp_path / strategy,
+                 evaluate_test=True, verbose=False, _split=(train_set, val_set, test_set))
+    recorded = json.loads((r.run_dir / "meta.json").read_text())["test"]
+    run = load_run(r.run_dir)
+    again = evaluate(run.model, test_set, run.preprocess)  # the saved run, counted anew
+    assert set(recorded) == {"top1", "top5", "loss", "n"} and recorded["n"] == len(test_set) == 4
+    assert recorded["top1"] == again.top1 == r.test_acc and recorded["top5"] == 1.0
+    assert recorded["loss"] == pytest.approx(again.loss, rel=1e-4)

@@ -43,7 +43,8 @@ from .errors import ConfigError, DatasetError
 from .models import create_model, model_spec, pretrained_model
 from .models.backbone import layer_groups
 from .models.heads import EmbeddingHead, KNNHead, LinearHead, MLPHead, SVMHead
-from .training import Callback, TrainState, evaluate, fit, is_main, prepare_data, prepare_run_dir
+from .training import Callback, EvalResult, TrainState, evaluate, fit, is_main, prepare_data, prepare_run_dir
+from .training.run import record_test
 
 __all__ = ["STRATEGIES", "TransferConfig", "TransferResult", "CompareResult", "fit_head",
            "save_features_run", "transfer", "compare", "FreezeBatchNorm", "advice"]
@@ -239,8 +240,10 @@ class TransferResult:
         return d
 
 
-def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((probs.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+def _evaluate_head(head: EmbeddingHead, emb: torch.Tensor, data: ImageSet) -> EvalResult:
+    """The head on a set's embeddings, counted as every run is evaluated (the task's
+    counts through evaluate(), on a FeatureSet: no preprocessing)."""
+    return evaluate(head, FeatureSet(emb.float().cpu(), data.labels, list(data.classes)), None)
 
 
 def _time_per_image(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> float:
@@ -279,13 +282,12 @@ def _run_features(train: ImageSet, val: ImageSet | None, test: ImageSet | None, 
     head = fit_head(tcfg.head, tr, train.labels, num_classes=train.num_classes, seed=train_cfg.seed,
                     **tcfg.head_options())
     head_s = time.perf_counter() - t1
-    val_acc = test_acc = None
+    val_acc = test_acc = test_result = None
     if val is not None and len(val):
-        val_acc = _accuracy(head.predict_proba(embedder.embed(val.images, show_progress=verbose)),
-                            val.labels)
+        val_acc = _evaluate_head(head, embedder.embed(val.images, show_progress=verbose), val).top1
     if test is not None:
-        test_acc = _accuracy(head.predict_proba(embedder.embed(test.images, show_progress=verbose)),
-                             test.labels)
+        test_result = _evaluate_head(head, embedder.embed(test.images, show_progress=verbose), test)
+        test_acc = test_result.top1
     sample = val.images if val is not None and len(val) else train.images
     infer_ms = _time_per_image(lambda x: head.predict_proba(embedder.forward(x)), sample)
     detail = {"head": tcfg.head, "embed_seconds": embed_s, "head_seconds": head_s,
@@ -298,11 +300,12 @@ def _run_features(train: ImageSet, val: ImageSet | None, test: ImageSet | None, 
     if out is not None and is_main():
         meta = {"dataset": _dataset_meta(train, val, test), "transfer": asdict(tcfg),
                 "train": train_cfg.to_dict(),
-                "metrics": [{"epoch": 1, "val_acc": val_acc, "seconds": embed_s + head_s}],
-                **({"test": {"top1": test_acc, "n": len(test)}} if test is not None else {})}
+                "metrics": [{"epoch": 1, "val_acc": val_acc, "seconds": embed_s + head_s}]}
         save_features_run(out, head, classes=train.classes, backbone=tcfg.backbone,
                           layer=tcfg.layer, weights=tcfg.weights, image_size=tcfg.image_size,
                           meta=meta)
+        if test_result is not None:
+            record_test(out, head, test_result)
     return TransferResult("features", out, val_acc, embed_s + head_s, infer_ms, test_acc, detail)
 
 
@@ -349,13 +352,10 @@ def _run_trained(train: ImageSet, val: ImageSet | None, test: ImageSet | None, *
     val_acc = result.history[-1].val_acc if result.history else None
     test_acc = None
     if test is not None:
-        test_acc = evaluate(model, test, pre, device=device, batch_size=100,
-                            channels_last=train_cfg.channels_last).top1
-        if out is not None and is_main():
-            from .checkpoint import read_meta
-            m = read_meta(out)
-            m["test"] = {"top1": test_acc, "n": len(test)}
-            save_run(out, model, m)
+        test_result = evaluate(model, test, pre, device=device, batch_size=100,
+                               channels_last=train_cfg.channels_last)
+        test_acc = test_result.top1
+        record_test(out, model, test_result)
     sample = val.images if val is not None and len(val) else train.images
 
     @torch.inference_mode()

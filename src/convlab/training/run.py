@@ -21,7 +21,7 @@ from .loop import fit
 from .metrics import EvalResult, evaluate
 
 __all__ = ["train", "TrainResult", "resolve_device", "prepare_data", "prepare_run_dir",
-           "model_for_data"]
+           "model_for_data", "record_test"]
 
 
 @dataclass
@@ -107,6 +107,21 @@ def prepare_run_dir(out: Path | None, *, resume: bool | None = False,
         shutil.rmtree(out)
 
 
+def record_test(run_dir: str | os.PathLike | None, model: torch.nn.Module,
+                result: EvalResult) -> dict:
+    """Add a test-set evaluation to a run's meta.json as "test": {top1, top5, loss, n}
+    and save the run with `model` (every training path and transfer strategy records its
+    test result here, in this one shape). Returns that entry; without a run directory,
+    or outside the main process under torchrun, nothing is written."""
+    entry = {"top1": result.top1, "top5": result.top5, "loss": result.loss, "n": result.n}
+    if run_dir is not None and is_main():
+        from ..checkpoint import save_run
+        meta = read_meta(run_dir)
+        meta["test"] = entry
+        save_run(run_dir, model, meta)
+    return entry
+
+
 def _check_resume(out: Path, model_name: str, data_name: str) -> None:
     meta = read_meta(out)
     if meta.get("model", {}).get("name") != model_name:
@@ -159,10 +174,5 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     test_result = None
     if test_set is not None:
         test_result = evaluate(net, test_set, preprocess, device=dev)
-        if out is not None and is_main():
-            from ..checkpoint import save_run
-            meta = read_meta(out)
-            meta["test"] = {"top1": test_result.top1, "top5": test_result.top5,
-                            "loss": test_result.loss, "n": test_result.n}
-            save_run(out, net, meta)
+        record_test(out, net, test_result)
     return TrainResult(out, result.history, test_result, net)
