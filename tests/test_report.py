@@ -101,6 +101,8 @@ def test_write_run_plots_on_given_data_shows_the_confident_mistakes(tmp_path):
     run = load_run(tmp_path / "r")
     expected = evaluate(run.model, wrong, run.preprocess)
     assert counts["confusion"] == expected.confusion.tolist()
+    assert (counts["top1"], counts["top5"], counts["n"]) == (expected.top1, expected.top5, expected.n)
+    assert counts["loss"] == pytest.approx(expected.loss, rel=1e-5)
     # the recorded mistakes are wrong predictions of `wrong`, most confident first
     mistakes = counts["mistakes"]
     assert mistakes and all(m["true"] == int(wrong.labels[m["index"]]) != m["predicted"]
@@ -110,6 +112,23 @@ def test_write_run_plots_on_given_data_shows_the_confident_mistakes(tmp_path):
     # one thumbnail per recorded mistake: each image's bright bar (uint8 220) drawn once
     bars, _ = ndimage.label((_figure(written["mistakes"]) == 220).all(-1))
     assert (np.bincount(bars.ravel())[1:] > 1000).sum() == len(mistakes)
+
+
+def test_evaluate_run_runs_the_model_once(tmp_path):
+    data = make_imageset(n_per_class=8, classes=3, size=12)
+    train(data, "mnist_cnn", TrainConfig(epochs=1, val_split=0.0), out=tmp_path / "r",
+          device="cpu", verbose=False)
+    network = type(load_run(tmp_path / "r").model)
+    calls = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: calls.append(len(args[0])) if type(module) is network else None)
+    try:  # no mistakes recorded: no evidence maps, so only the evaluation runs the model
+        evaluation = evaluate_run(tmp_path / "r", data=data, split="training", mistakes=0)
+    finally:
+        hook.remove()
+    assert calls == [len(data)]  # one pass over the 24 images gives counts and mistakes
+    run = load_run(tmp_path / "r")
+    assert evaluation.result.confusion.tolist() == evaluate(run.model, data, run.preprocess).confusion.tolist()
 
 
 def test_report_of_an_in_memory_run_still_has_the_curves(tmp_path):

@@ -342,3 +342,21 @@ def test_relu_after_max_pool_is_exact_and_leaves_the_model_alone(name, chans, si
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p.grad, q.grad), n
     assert repr(b) == before
+
+
+def test_evaluate_without_a_loss_uses_the_tasks_default_loss():
+    import torch.nn.functional as F
+
+    from convlab.tasks import CLASSIFICATION
+
+    data = make_imageset(n_per_class=5, classes=3, size=12)
+    torch.manual_seed(0)
+    pre, size = default_preprocess("mnist_linear", 1, 12)
+    model = create_model("mnist_linear", 3, 1, input_size=size)
+    default = evaluate(model, data, pre, batch_size=4)
+    with torch.no_grad():
+        logits = model(pre(data.images))
+    assert default.loss == pytest.approx(float(F.cross_entropy(logits, data.labels)), rel=1e-5)
+    smoothed = CLASSIFICATION.loss(TrainConfig(label_smoothing=0.3))
+    assert evaluate(model, data, pre, loss_fn=smoothed).loss == pytest.approx(
+        float(smoothed(logits, data.labels)), rel=1e-5)

@@ -1,11 +1,11 @@
 """A trained run's evaluation, written to RUN/evaluation.json for the figures to read.
 
 evaluate_run() runs the model on the run's test split (else its validation split, else
-its training data) and writes the counts of evaluate() (top-1/top-5, per-class
-accuracy, the confusion matrix) and the most confidently wrong images (their indices
-in the evaluated set, true and predicted class, confidence, and where the evidence for
-the predicted class lies: an occlusion or Grad-CAM map of at most 16x16, 0..1). convlab.figures
-draws from that file and never runs a model.
+its training data) once and writes the task's counts of its outputs, as evaluate() makes
+them (top-1/top-5, per-class accuracy, the confusion matrix), and the most confidently
+wrong images (their indices in the evaluated set, true and predicted class, confidence,
+and where the evidence for the predicted class lies: an occlusion or Grad-CAM map of at
+most 16x16, 0..1). convlab.figures draws from that file and never runs a model.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from ..config import TrainConfig
 from ..data import ImageSet, list_datasets
 from ..errors import ConvlabError, ModelError
 from ..files import atomic_write_bytes
-from .metrics import EvalResult, evaluate, predict_logits
+from ..tasks import task_of
+from .metrics import EvalResult, predict_logits, score_logits
 from .run import prepare_data
 from .splits import load_test_split
 
@@ -145,8 +146,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: ImageSet | None = None, sp
         except ConvlabError:
             return None
     split = split or "evaluation"
-    result = evaluate(run.model, data, run.preprocess, device=device)
+    # one pass: the logits give both the task's counts and the confident mistakes
     logits = predict_logits(run.model, data, run.preprocess, device=device)
+    result = score_logits(logits, data.labels, list(data.classes), task=task_of(run.meta))
     idx, pred, conf = confident_mistakes(logits, data.labels, mistakes)
     wrong = [{"index": i, "true": t, "predicted": p, "confidence": c} for i, t, p, c in
              zip(idx.tolist(), data.labels[idx].tolist(), pred.tolist(), conf.tolist())]

@@ -4,14 +4,25 @@ per-class accuracy and the confusion matrix)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..tasks import CLASSIFICATION, EvalResult, Task
 from .distributed import all_reduce_sum, world
 
-__all__ = ["EvalResult", "evaluate", "predict_logits"]
+__all__ = ["EvalResult", "evaluate", "predict_logits", "score_logits"]
+
+
+def score_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], *,
+                 loss_fn=None, task: Task = CLASSIFICATION) -> EvalResult:
+    """The EvalResult of outputs already computed for a whole set (one process): the
+    task's counts and loss, as evaluate() sums them batch by batch. loss_fn defaults to
+    the task's loss under a default TrainConfig (classification: cross-entropy)."""
+    loss_fn = loss_fn or task.loss(TrainConfig())
+    counts = task.eval_counts(logits, labels, len(classes))
+    loss_sum = float(loss_fn(logits, labels)) * len(labels) if len(labels) else 0.0
+    return task.eval_result(counts, loss_sum, list(classes))
 
 
 @torch.inference_mode()
@@ -31,7 +42,9 @@ def evaluate(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
              channels_last: bool = False, loss_fn=None, task: Task = CLASSIFICATION) -> EvalResult:
     """Evaluate `model` on all of `data`: the task's counts, summed over batches. Under
     torch.distributed each rank takes a disjoint share and the counts are summed, so
-    the result equals one process's."""
+    the result equals one process's. loss_fn (mean over a batch) defaults to the task's
+    loss under a default TrainConfig (classification: cross-entropy)."""
+    loss_fn = loss_fn or task.loss(TrainConfig())
     rank, size = world()
     k = data.num_classes
     was_training = model.training
@@ -44,8 +57,7 @@ def evaluate(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
         logits = model(x).float()
         c = task.eval_counts(logits, y, k)
         counts = c if counts is None else counts + c
-        loss = loss_fn(logits, y) * len(y) if loss_fn else F.cross_entropy(logits, y, reduction="sum")
-        loss_sum += float(loss)
+        loss_sum += float(loss_fn(logits, y)) * len(y)
     model.train(was_training)
     if counts is None:  # this rank's share was empty: the counts of no samples
         counts = task.eval_counts(torch.zeros(0, k), torch.zeros(0, dtype=torch.int64), k)
