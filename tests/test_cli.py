@@ -68,6 +68,16 @@ def test_train_folder_then_evaluate_and_predict(tmp_path, capsys):
     on_val = evaluate(model.model, val, model.preprocess)
     assert len(val) == 6 and meta["metrics"][-1]["val_acc"] == on_val.top1
     assert meta["metrics"][-1]["val_loss"] == pytest.approx(on_val.loss, rel=1e-4)
+    # without a dataset, evaluate counts what `convlab report` evaluates: a folder has no
+    # test split, so the run's own validation split (6 images), not the 24 of the folder
+    assert main(["evaluate", str(run), "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["n"] == 6 and default["confusion"] == on_val.confusion.tolist()
+    assert default["top1"] == on_val.top1
+    assert main(["evaluate", str(run)]) == 0
+    assert "(validation)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--split", "train", "--json"]) == 0  # all of the folder
+    assert json.loads(capsys.readouterr().out)["n"] == 24
 
     image = tmp_path / "pets" / "dog" / "3.png"
     assert main(["predict", str(run), str(image), "--top", "2"]) == 0

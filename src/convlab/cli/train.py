@@ -45,18 +45,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import load_run
     from ..data import list_datasets, load_dataset
     from ..training import evaluate, resolve_device
+    from ..training.evaluation import evaluation_data
     from ..training.splits import has_test_split
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)
+    pre = run.preprocess
     name = args.dataset or run.meta.get("dataset", {}).get("name")
     if not name:
         raise DatasetError(f"{args.run_dir}: the run does not name its dataset; give one: "
                            f"convlab evaluate RUN DATASET")
-    split = args.split or ("test" if has_test_split(name) else "train")
-    pre = run.preprocess
-    data = load_dataset(name, split, channels=pre.channels,
-                        size=None if name in list_datasets() else pre.size[0])
+    if args.dataset is None and args.split is None:
+        # the set `convlab report` evaluates: the test split, else the run's own
+        # validation split (not the whole folder, which is mostly training images)
+        data, split = evaluation_data(run)
+    else:
+        split = args.split or ("test" if has_test_split(name) else "train")
+        data = load_dataset(name, split, channels=pre.channels,
+                            size=None if name in list_datasets() else pre.size[0])
     if list(data.classes) != run.classes:
         raise CheckpointError(f"the run's classes {run.classes} differ from the dataset's "
                               f"{list(data.classes)}; evaluate on data with the same classes")
@@ -97,8 +103,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a run")
     p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
-    p.add_argument("dataset", nargs="?", help="dataset name or folder (default: the run's own)")
-    p.add_argument("--split", choices=("train", "test"), help="split (default test where there is one)")
+    p.add_argument("dataset", nargs="?",
+                   help="dataset name or folder, all of its --split (default: the run's own "
+                        "test split, else the run's validation split, as convlab report)")
+    p.add_argument("--split", choices=("train", "test"),
+                   help="split of the dataset (default test where there is one, else train)")
     p.add_argument("--json", action="store_true", help="print the full result (with confusion matrix) as JSON")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(run=cmd_evaluate)
