@@ -360,3 +360,21 @@ def test_evaluate_without_a_loss_uses_the_tasks_default_loss():
     smoothed = CLASSIFICATION.loss(TrainConfig(label_smoothing=0.3))
     assert evaluate(model, data, pre, loss_fn=smoothed).loss == pytest.approx(
         float(smoothed(logits, data.labels)), rel=1e-5)
+
+
+def test_fit_refuses_images_without_their_preprocess_before_anything_starts(tmp_path):
+    from convlab.errors import ConfigError
+    from convlab.data import FeatureSet
+
+    data = make_imageset(n_per_class=4, classes=2, size=12)
+    pre, size = default_preprocess("mnist_linear", 1, 12)
+    model = create_model("mnist_linear", 2, 1, input_size=size)
+    config = TrainConfig(epochs=1, batch_size=4, val_split=0.0)
+    with pytest.raises(ConfigError, match="ImageSet, which needs its Preprocess"):
+        fit(model, data, config=config, preprocess=None, run_dir=tmp_path / "run", verbose=False)
+    assert not (tmp_path / "run").exists()  # refused before any epoch or run folder
+    features = FeatureSet(torch.randn(8, 5), data.labels, data.classes)
+    with pytest.raises(ConfigError, match="validation data is an ImageSet"):
+        fit(nn.Linear(5, 2), features, data, config=config, preprocess=None, verbose=False)
+    with pytest.raises(ConfigError, match="FeatureSet .embeddings., which takes no Preprocess"):
+        fit(nn.Linear(5, 2), features, config=config, preprocess=pre, verbose=False)

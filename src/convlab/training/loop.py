@@ -20,7 +20,7 @@ from .._runtime import tune_malloc
 from ..checkpoint import MODEL_FILE, library_versions, load_train_state, read_meta, save_run
 from ..config import TrainConfig
 from ..data import Batches, FeatureSet, ImageSet, Preprocess
-from ..errors import CheckpointError, TrainingError, TrainingInterrupted
+from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..progress import progress
 from ..tasks import CLASSIFICATION, Task
 from .callbacks import Callback, EpochStats, FitResult, TrainState
@@ -56,6 +56,7 @@ def fit(model: nn.Module, train: ImageSet | FeatureSet, val: ImageSet | FeatureS
     TrainingInterrupted after keeping the last complete epoch; a NaN or infinite loss
     raises TrainingError naming the epoch and batch.
     """
+    _check_preprocess(train, val, preprocess)
     tune_malloc()  # training's own process setting (DESIGN.md); importing convlab leaves malloc alone
     rank, size = world()
     device = torch.device(device)
@@ -71,6 +72,19 @@ def fit(model: nn.Module, train: ImageSet | FeatureSet, val: ImageSet | FeatureS
                     meta=meta, resume=resume, callbacks=callbacks, device=device,
                     augment=augment, param_groups=param_groups, task=task, verbose=verbose, log=log,
                     channels_last=channels_last, rank=rank, size=size, twin=twin)
+
+
+def _check_preprocess(train, val, preprocess: Preprocess | None) -> None:
+    """Images need their Preprocess (uint8 -> the model's input); embeddings take none.
+    Checked before anything starts, rather than failing inside the first batch."""
+    for role, data in (("training", train), ("validation", val)):
+        if isinstance(data, ImageSet) and preprocess is None:
+            raise ConfigError(f"fit: the {role} data is an ImageSet, which needs its Preprocess "
+                              f"(preprocess=...; models.default_preprocess gives a model's); "
+                              f"only a FeatureSet takes preprocess=None")
+        if isinstance(data, FeatureSet) and preprocess is not None:
+            raise ConfigError(f"fit: the {role} data is a FeatureSet (embeddings), which takes no "
+                              f"Preprocess; pass preprocess=None")
 
 
 def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callbacks, device,
