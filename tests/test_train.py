@@ -363,8 +363,8 @@ def test_evaluate_without_a_loss_uses_the_tasks_default_loss():
 
 
 def test_fit_refuses_images_without_their_preprocess_before_anything_starts(tmp_path):
-    from convlab.errors import ConfigError
     from convlab.data import FeatureSet
+    from convlab.errors import ConfigError
 
     data = make_imageset(n_per_class=4, classes=2, size=12)
     pre, size = default_preprocess("mnist_linear", 1, 12)
