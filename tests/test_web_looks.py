@@ -53,6 +53,28 @@ def test_looks_answers_a_map_where_the_class_is(trained):
         assert (left > right) if side == "left" else (right > left), (target, cam.round(2))
 
 
+def test_looks_checks_the_layer_once_per_model(trained, monkeypatch):
+    """The layer is checked when the model is loaded, not on every frame: each check
+    traces the whole model on the meta device, several times the cost of a map."""
+    from convlab.analysis import attribution
+    client, pid = trained
+    # a new model (the embeddings are cached): the next request loads it
+    assert client.post(f"/api/projects/{pid}/train", json={"head": "linear"}).status_code == 202
+    assert wait_trained(client, pid)["state"] == "ready"
+    twins = []
+    real = attribution._meta_twin
+    monkeypatch.setattr(attribution, "_meta_twin", lambda m: twins.append(1) or real(m))
+    frame = photo_bytes("chelsea", 97)
+    first = client.post(f"/api/projects/{pid}/looks", content=frame)
+    assert first.status_code == 200 and len(twins) == 2     # cam_layer and the check, once
+    for target in (0, 1, None):
+        query = "" if target is None else f"?target={target}"
+        assert client.post(f"/api/projects/{pid}/looks{query}", content=frame).status_code == 200
+    assert len(twins) == 2
+    # the same map as before
+    assert client.post(f"/api/projects/{pid}/looks", content=frame).json()["map"] == first.json()["map"]
+
+
 def test_looks_errors(trained):
     client, pid = trained
     assert client.post("/api/projects/999/looks", content=photo_bytes("chelsea", 1)).status_code == 404

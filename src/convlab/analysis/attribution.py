@@ -185,17 +185,21 @@ def _targets(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None, *,
-             layer: str | None = None) -> ClassMaps:
+             layer: str | None = None, checked: bool = False) -> ClassMaps:
     """Grad-CAM (Selvaraju et al. 2017, captum's LayerGradCam) of `layer` (default:
     cam_layer, the last conv layer's output) for the preprocessed batch x (N, C, H, W): ReLU of the layer's maps
     weighted by the mean gradient of the target class's score over each map.
+
+    A given `layer` is checked (check_spatial_layer: it exists and gives maps) unless
+    `checked` is True: a caller that explains many inputs with one model and layer
+    checks once and passes checked=True, since the check traces the whole model.
 
     `model` should be an attribution_copy (the function works on it as it is)."""
     from captum.attr import LayerGradCam
 
     if layer is None:
         layer = cam_layer(model, tuple(x.shape[1:]))
-    else:
+    elif not checked:
         check_spatial_layer(model, tuple(x.shape[1:]), layer, "Grad-CAM maps")
     chosen, probs = _targets(model, x, targets)
     with torch.enable_grad():

@@ -36,7 +36,7 @@ class WhereItLooks:
         self._model: tuple[int, object, object, str] | None = None   # (model id, twin, pre, layer)
 
     def _load(self, pid: int):
-        from ..analysis.attribution import attribution_copy, cam_layer
+        from ..analysis.attribution import attribution_copy, cam_layer, check_spatial_layer
         from ..checkpoint import load_run
 
         model = self.store.latest_model(pid)
@@ -51,7 +51,12 @@ class WhereItLooks:
                                   "it looks")
             twin = attribution_copy(run.model)
             pre = run.preprocess
-            self._model = (model["id"], twin, pre, cam_layer(twin, (pre.channels, *pre.size)))
+            shape = (pre.channels, *pre.size)
+            layer = cam_layer(twin, shape)
+            # checked once per model here; each map then skips the check (a trace of the
+            # whole model, several times the cost of the map itself)
+            check_spatial_layer(twin, shape, layer, "Grad-CAM maps")
+            self._model = (model["id"], twin, pre, layer)
         return self._model, model["classes"]
 
     def explain(self, pid: int, data: bytes, target: int | None = None) -> dict:
@@ -69,7 +74,7 @@ class WhereItLooks:
             with torch.no_grad():
                 probs = twin(x).float().softmax(1)[0]                  # (K,)
             chosen = int(probs.argmax()) if target is None else target
-            cam = grad_cam(twin, x, [chosen], layer=layer).maps[0]     # (h, w)
+            cam = grad_cam(twin, x, [chosen], layer=layer, checked=True).maps[0]   # (h, w)
         cam = cam / cam.max().clamp_min(1e-12)
         return {"model_id": mid, "classes": classes, "class": classes[chosen],
                 "top": classes[int(probs.argmax())],
