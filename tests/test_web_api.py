@@ -497,3 +497,41 @@ def test_pages_work_offline(client):
     for f in STATIC.iterdir():
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", f.read_text()), f.name
     assert "/api/projects/{pid}/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_projects_trained_at_once_train_as_each_alone(tmp_path):
+    """A job's augmentation and head fitting draw from torch's global generator: two
+    projects training at once get the same heads and metrics as each trained alone."""
+    import torch
+    from safetensors.torch import load_file
+
+    from convlab.checkpoint import MODEL_FILE
+    projects = {"pets": ("chelsea", "coffee"), "space": ("astronaut", "rocket")}
+    options = {"head": "mlp", "epochs": 500, "augment": True, "copies": 2}
+
+    def train(home, together: bool) -> list[tuple[dict, dict]]:
+        with TestClient(create_app(home, fast_preview=False)) as client:
+            pids = []
+            for name, photos in projects.items():
+                pid, cids = make_project(client, name, classes=photos)
+                for cid, photo in zip(cids, photos):
+                    assert upload(client, cid, [photo_bytes(photo, s) for s in range(4)]).status_code == 201
+                pids.append(pid)
+            for pid in pids:
+                assert client.post(f"/api/projects/{pid}/train", json=options).status_code == 202
+                if not together:
+                    assert wait_trained(client, pid)["state"] == "ready"
+            out = []
+            for pid in pids:
+                assert wait_trained(client, pid)["state"] == "ready"
+                model = client.get(f"/api/projects/{pid}/training").json()["model"]
+                metrics = {k: v for k, v in model["metrics"].items() if k != "seconds"}
+                weights = load_file(str(client.app.state.store.model_dir / str(model["id"]) / MODEL_FILE))
+                out.append((metrics, weights))
+            return out
+
+    alone, together = train(tmp_path / "alone", False), train(tmp_path / "together", True)
+    for (m1, w1), (m2, w2) in zip(alone, together):
+        assert m1 == m2 and m1["train_with_augmentation"] == 18
+        assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1), \
+            {k: float((w1[k] - w2[k]).abs().max()) for k in w1}

@@ -144,7 +144,10 @@ class Jobs:
         self._lock = threading.Lock()
         self._jobs: dict[int, JobStatus] = {}
         self._threads: dict[int, threading.Thread] = {}
-        self._embed_lock = threading.Lock()  # embedding is CPU-bound: one job at a time
+        # One job computes at a time: embedding is CPU-bound, and the augmentation and the
+        # head's fit draw from torch's global generator (seeded by the job), so a job that
+        # drew while another one seeded it would not be reproducible.
+        self._compute_lock = threading.Lock()
 
     def status(self, pid: int) -> dict | None:
         with self._lock:
@@ -217,23 +220,22 @@ class Jobs:
             return torch.stack([self.store.read_image(shas[i]) for i in index])  # (B, 3, 256, 256)
 
         embedder = self.backbone.embedder(backbone)
-        with self._embed_lock:
+        train_idx, held_idx = stratified_split(y, len(classes), options.holdout, options.seed)
+        with self._compute_lock:
             emb = embedder.embed_by_key(embedding_keys(shas), load, batch_size=_EMBED_BATCH,
                                         show_progress=False, report=job.progress("embedding"))
             stats = embedder.stats
-        train_idx, held_idx = stratified_split(y, len(classes), options.holdout, options.seed)
-        x_train, y_train = emb[train_idx], y[train_idx]
-        if options.augment:
-            augment = make_augment(AUGMENT, (SAMPLE_SIZE, SAMPLE_SIZE))
-            with self._embed_lock:
+            x_train, y_train = emb[train_idx], y[train_idx]
+            if options.augment:
+                augment = make_augment(AUGMENT, (SAMPLE_SIZE, SAMPLE_SIZE))
                 extra = _augmented_embeddings(embedder, load, train_idx.tolist(), augment,
                                               options.copies, options.seed,
                                               job.progress("augmenting"))   # (copies, n, D)
-            x_train = torch.cat([x_train, extra.flatten(0, 1)])
-            y_train = torch.cat([y_train, y_train.repeat(options.copies)])
-        job.stage, job.done, job.total = "fitting", 0, 0   # fit_head reports no steps
-        head = fit_head(options.head, x_train, y_train, num_classes=len(classes), seed=options.seed,
-                        **options.head_options())
+                x_train = torch.cat([x_train, extra.flatten(0, 1)])
+                y_train = torch.cat([y_train, y_train.repeat(options.copies)])
+            job.stage, job.done, job.total = "fitting", 0, 0   # fit_head reports no steps
+            head = fit_head(options.head, x_train, y_train, num_classes=len(classes),
+                            seed=options.seed, **options.head_options())
         job.stage = "evaluating"
         truth = y[held_idx]
         with torch.inference_mode():
@@ -265,8 +267,9 @@ def _augmented_embeddings(embedder, load: Callable[[list[int]], torch.Tensor], i
     """Embeddings of `copies` augmented versions of each image at `index`: float32
     (copies, len(index), D). Each batch is decoded once for all its copies; the versions
     are new every time, so they bypass the cache. The augmentation draws from torch's
-    global generator, seeded here and restored afterwards, so a job is reproducible and
-    leaves the process's random state as it found it."""
+    global generator, seeded here and restored afterwards, so it leaves the process's
+    random state as it found it; the caller holds Jobs' compute lock, so no other job
+    seeds or draws from that generator meanwhile and a job is reproducible."""
     outs: list[torch.Tensor] = []
     report(0, len(index) * copies)
     with torch.random.fork_rng(devices=[]):
