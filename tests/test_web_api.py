@@ -164,10 +164,12 @@ def test_restart_after_a_killed_server_cleans_up(tmp_path):
     mid = store.create_model_row(pid, {"head": "knn"})
     (home / "models" / f"{mid}.tmp").mkdir()
     (home / "models" / str(mid)).mkdir()
+    half_export = home / "exports" / f".project-{pid}-model-{mid}.tmpx1y2z3"
+    (half_export / "run").mkdir(parents=True)
     with TestClient(create_app(home, fast_preview=False)) as c:
         assert c.app.state.recovered == {"interrupted_trainings": 1, "orphan_files": 2,
                                          "orphan_models": 2}
-        assert not orphan.exists() and not tmp.exists()
+        assert not orphan.exists() and not tmp.exists() and not half_export.exists()
         assert c.get(f"/api/images/{sha}").status_code == 200
         model = c.get(f"/api/projects/{pid}/models").json()[0]
         assert model["status"] == "failed" and "stopped" in model["error"]
@@ -535,3 +537,39 @@ def test_projects_trained_at_once_train_as_each_alone(tmp_path):
         assert m1 == m2 and m1["train_with_augmentation"] == 18
         assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1), \
             {k: float((w1[k] - w2[k]).abs().max()) for k in w1}
+
+
+def test_exports_of_one_project_at_once_both_finish(client):
+    """Each export builds in a folder of its own and is renamed into place: two at once
+    both succeed, and the export left is whole."""
+    import threading
+
+    from convlab.web.learn import export_project
+    pid, (red, blue) = make_project(client)
+    for cid, colour in ((red, (200, 0, 0)), (blue, (0, 0, 200))):
+        upload(client, cid, [image_bytes(colour, seed=i, noise=20) for i in range(3)])
+    assert client.post(f"/api/projects/{pid}/train", json={"head": "linear"}).status_code == 202
+    assert wait_trained(client, pid)["state"] == "ready"
+    store = client.app.state.store
+    start = threading.Barrier(2)
+    results, errors = [], []
+
+    def export() -> None:
+        start.wait()
+        try:
+            results.append(export_project(store, pid))
+        except Exception as exc:  # noqa: BLE001 - any failure is what the test reports
+            errors.append(f"{type(exc).__name__}: {exc}")
+    threads = [threading.Thread(target=export) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 2
+    exports = store.home / "exports"
+    final = exports / results[0]["dir"].split("/")[-1]
+    assert [p.name for p in exports.iterdir()] == [final.name]          # no temporaries left
+    assert {p.name for p in final.iterdir()} == {"run", "model.onnx", "dataset.zip"}
+    with zipfile.ZipFile(final / "dataset.zip") as zf:
+        assert len(zf.namelist()) == 6
+    assert client.get(f"/api/projects/{pid}/export/{results[0]['model_id']}/model.onnx").status_code == 200

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 import traceback
@@ -42,6 +43,10 @@ __all__ = ["TrainOptions", "Jobs", "Previewer", "OnnxBackbone", "OnnxBackbones",
 IMAGENET_MODEL = "mobilenet_v2"  # the lecture's Cozmo demo: ImageNet top-5 of the webcam frame
 HEADS = ("knn", "linear", "mlp")
 _EMBED_BATCH = 16   # images per embedding step (and per progress update)
+_EXPORT_SWAP = threading.Lock()   # moves a finished export into place
+# torch.onnx.export keeps global state (two at once fail: "in_onnx_export must be False"):
+# the backbones' and the projects' ONNX exports take turns
+_ONNX_EXPORT = threading.Lock()
 # What the `augment` option turns on: the framing and light a webcam varies. A crop of
 # half the area or more (scaled back), a mirror image half the time, brightness,
 # contrast and saturation x0.8-1.2.
@@ -339,7 +344,8 @@ class OnnxBackbone:
                                          model_spec(self.name).head).eval()
             meta = {"kind": "backbone", "classes": [], "model": {"name": self.name},
                     "preprocess": backbone_preprocess(self.name).to_dict()}
-            export_run(Run(self.path.parent, meta, extractor), "onnx", out=self.path)
+            with _ONNX_EXPORT:
+                export_run(Run(self.path.parent, meta, extractor), "onnx", out=self.path)
         model = OnnxModel(self.path, threads=1)
         model.pre = model.preprocess
         return model
@@ -481,20 +487,22 @@ def export_project(store: Store, pid: int) -> dict:
         raise NotFound(f"project {pid} has no trained model to export; train it first")
     exports = store.home / "exports"
     final = exports / f"project-{pid}-model-{model['id']}"
-    tmp = exports / f".{final.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    exports.mkdir(parents=True, exist_ok=True)
+    # a folder of its own: two exports of one project at once each build their own
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=exports))
     try:
         shutil.copytree(store.model_dir / str(model["id"]), tmp / "run")
-        onnx = export_run(tmp / "run", "onnx", out=tmp / "model.onnx")
+        with _ONNX_EXPORT:
+            onnx = export_run(tmp / "run", "onnx", out=tmp / "model.onnx")
         classes, labels, shas = store.project_samples(pid)
         with zipfile.ZipFile(tmp / "dataset.zip", "w", zipfile.ZIP_STORED) as zf:
             for label, sha in zip(labels, shas):  # names were checked: one safe path part each
                 zf.write(store.blob_path(sha), f"{classes[label]}/{sha[:16]}.jpg")
-        old = exports / f".{final.name}.old{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
+        old = tmp.with_name(f"{tmp.name}.old")
+        with _EXPORT_SWAP:   # a folder cannot be renamed onto a full one: one swap at a time
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

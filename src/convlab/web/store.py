@@ -230,8 +230,8 @@ class Store:
         return sha
 
     def recover(self) -> dict:
-        """Start-up clean-up after a crash: drop unreferenced image files and temporaries,
-        mark interrupted trainings failed, delete model folders no row calls ready, and
+        """Start-up clean-up after a crash: drop unreferenced image files and temporaries
+        (half-built exports too), mark interrupted trainings failed, delete model folders no row calls ready, and
         drop cached embeddings of images no sample uses any more."""
         with self.transaction() as db:
             stopped = db.execute(
@@ -249,6 +249,9 @@ class Store:
             if path.name not in ready:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
                 dropped += 1
+        exports = self.home / "exports"
+        for path in exports.glob(".*") if exports.is_dir() else ():   # half-built exports
+            shutil.rmtree(path, ignore_errors=True)
         if self.embedding_dir.is_dir():
             from ..embed import prune_cache
             keep = {k.tobytes() for k in embedding_keys(sorted(referenced))}
