@@ -97,3 +97,21 @@ def test_a_home_from_before_backbones_opens_on_lite0(tmp_path):
     with TestClient(create_app(home, fast_preview=False)) as client:  # migrating twice is a no-op
         assert [p["backbone"] for p in client.get("/api/projects").json()] == [
             "efficientnet_lite0", "efficientnet_lite2"]
+
+
+def test_onnx_backbones_report_each_failed_export_and_start_none(tmp_path):
+    """OnnxBackbones.error names every backbone whose export failed, and asking starts
+    no export."""
+    import threading
+
+    from convlab.web.learn import OnnxBackbones
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    backbones = OnnxBackbones(blocker / "onnx")     # every export fails making its folder
+    assert backbones.error == ""
+    assert not [t for t in threading.enumerate() if t.name.startswith("onnx-")]
+    for name in ("efficientnet_lite0", "mobilenet_v2"):
+        assert backbones.ensure(name) is None
+    lines = backbones.error.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["efficientnet_lite0", "mobilenet_v2"]
+    assert all("NotADirectoryError" in line for line in lines), lines

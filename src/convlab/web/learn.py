@@ -381,11 +381,15 @@ class OnnxBackbones:
 
     @property
     def error(self) -> str:
-        """Why the default backbone's export failed ('' when it did not)."""
-        return self.get().error
+        """Why the exports failed, one 'backbone: reason' line for each backbone asked for
+        so far whose export failed ('' when none did). Starts no export."""
+        with self._lock:
+            items = list(self._items.values())
+        return "\n".join(f"{item.name}: {item.error}" for item in items if item.error)
 
     def embed(self, images: torch.Tensor, backbone: str = DEFAULT_BACKBONE) -> torch.Tensor | None:
         return self.get(backbone).embed(images)
+
 
 class Previewer:
     """Live predictions with a project's latest trained model."""
