@@ -17,6 +17,17 @@ from convlab.training.speedups import FusedBNReLUPool, TrainingTwin, training_tw
 
 from conftest import make_imageset
 
+
+class DataDependent(nn.Module):
+    """mnist_cnn behind control flow on tensor values, which fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = create_model("mnist_cnn", 3, 1)
+
+    def forward(self, x):
+        return self.net(x) if x.sum() > 0 else -self.net(x)
+
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -226,14 +237,6 @@ def test_modules_the_twin_cannot_stand_for_run_as_they_are():
         twin(x)
     assert calls == [1]
 
-    class DataDependent(nn.Module):  # fx cannot trace control flow on tensor values
-        def __init__(self):
-            super().__init__()
-            self.net = create_model("mnist_cnn", 3, 1)
-
-        def forward(self, x):
-            return self.net(x) if x.sum() > 0 else -self.net(x)
-
     model = DataDependent()
     with training_twin(model) as (twin, _):
         assert twin is model
@@ -298,14 +301,6 @@ def test_sync_bn_replaces_the_batchnorms_in_the_twin_only():
 
 def test_sync_bn_on_an_untraceable_module_is_undone_after_training():
     from convlab.training.distributed import GlobalBatchNorm
-
-    class DataDependent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = create_model("mnist_cnn", 3, 1)
-
-        def forward(self, x):
-            return self.net(x) if x.sum() > 0 else -self.net(x)
 
     model = DataDependent()
     bn = model.net.network1[1]

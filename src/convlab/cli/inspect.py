@@ -217,10 +217,7 @@ def _load_target(target: str, pretrained: bool, classes: int | None):
                                  "or give a run directory; see: convlab models"))
     spec = model_spec(target)
     names = None
-    if pretrained:
-        if spec.load_pretrained is None:
-            raise ModelError(f"model '{target}' has no bundled pretrained weights; models with "
-                             f"them: {', '.join(n for n, s in MODELS.items() if s.load_pretrained)}")
+    if pretrained:  # create_model refuses a model without bundled weights and names the ones with
         model = create_model(target, spec.num_classes, pretrained=True)
         if spec.num_classes == 1000:
             from ..models.pretrained import imagenet_classes
