@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DatasetError
+from .imageset import check_labels
 
 __all__ = ["FeatureSet"]
 
@@ -25,9 +26,7 @@ class FeatureSet:
         if self.features.dtype != torch.float32 or self.features.dim() != 2:
             raise DatasetError(f"FeatureSet features must be float32 (N, D); got "
                                f"{self.features.dtype} with shape {tuple(self.features.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.features),):
-            raise DatasetError(f"FeatureSet labels must be int64 of shape ({len(self.features)},); "
-                               f"got {self.labels.dtype} with shape {tuple(self.labels.shape)}")
+        check_labels(self.labels, len(self.features), len(self.classes), "FeatureSet")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["ImageSet", "stratified_split"]
+__all__ = ["ImageSet", "stratified_split", "check_labels"]
 
 
 def stratified_split(labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int = 0
@@ -32,6 +32,16 @@ def stratified_split(labels: torch.Tensor, num_classes: int, val_fraction: float
     return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
 
 
+def check_labels(labels: torch.Tensor, n: int, num_classes: int, what: str) -> None:
+    """Raise DatasetError unless `labels` are int64 (n,) class indices below num_classes."""
+    if labels.dtype != torch.int64 or labels.shape != (n,):
+        raise DatasetError(f"{what} labels must be int64 of shape ({n},); got {labels.dtype} "
+                           f"with shape {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DatasetError(f"labels must lie in 0..{num_classes - 1} for {num_classes} "
+                           f"classes; found {int(labels.min())}..{int(labels.max())}")
+
+
 @dataclass
 class ImageSet:
     """Images as uint8 (N, C, H, W), labels as int64 (N,), and the class names.
@@ -51,15 +61,7 @@ class ImageSet:
             raise DatasetError(
                 f"ImageSet images must be uint8 (N, C, H, W); got {self.images.dtype} "
                 f"with shape {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
-            raise DatasetError(
-                f"ImageSet labels must be int64 of shape ({len(self.images)},); got "
-                f"{self.labels.dtype} with shape {tuple(self.labels.shape)}")
-        if len(self.labels) and (int(self.labels.min()) < 0
-                                 or int(self.labels.max()) >= len(self.classes)):
-            raise DatasetError(
-                f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} "
-                f"classes; found {int(self.labels.min())}..{int(self.labels.max())}")
+        check_labels(self.labels, len(self.images), len(self.classes), "ImageSet")
 
     def __len__(self) -> int:
         return len(self.labels)
