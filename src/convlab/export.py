@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,13 @@ from .data import Preprocess
 from .errors import CheckpointError, ConfigError, ModelError
 from .files import atomic_path
 
-__all__ = ["FORMATS", "EXPORT_FILES", "ExportResult", "export_run", "OnnxModel", "PARITY_TOLERANCE"]
+__all__ = ["FORMATS", "EXPORT_FILES", "ExportResult", "export_run", "export_onnx_file", "OnnxModel",
+           "PARITY_TOLERANCE"]
 
 FORMATS = EXPORT_FORMATS  # onnx, torchscript
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 PARITY_TOLERANCE = 1e-4
+_EXPORT_LOCK = threading.RLock()
 
 
 @dataclass
@@ -89,22 +92,34 @@ def export_run(run: Run | str | os.PathLike, fmt: str = "onnx", *, out: str | os
     return ExportResult(path, fmt, diff, same, path.stat().st_size, logit_diff)
 
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, meta: str, opset: int) -> torch.Tensor:
+def export_onnx_file(model: nn.Module, x: torch.Tensor, path: Path, *, meta: str | None = None,
+                     opset: int = 17, dynamic_size: bool = False) -> None:
+    """torch.onnx.export of `model` on example input `x` into `path`, checked by onnx;
+    dynamic batch (and with dynamic_size, height and width: a detector's grid), with
+    `meta` as the 'convlab_meta' property. torch.onnx.export keeps global state, so
+    exports in one process take turns."""
     import onnx
 
+    axes = {0: "batch", **({2: "height", 3: "width"} if dynamic_size else {})}
     try:
-        with warnings.catch_warnings():  # the TorchScript-based exporter is the reliable one here
+        with _EXPORT_LOCK, warnings.catch_warnings():  # the TorchScript-based exporter is the reliable one
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              dynamic_axes={"input": axes, "logits": axes},
                               opset_version=opset, dynamo=False)
     except Exception as exc:  # an operator ONNX cannot express
         raise ModelError(f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "convlab_meta", meta
+    if meta is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "convlab_meta", meta
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, meta: str, opset: int,
+                 dynamic_size: bool = False) -> torch.Tensor:
+    export_onnx_file(model, x, path, meta=meta, opset=opset, dynamic_size=dynamic_size)
     return OnnxModel(path).logits(x)
 
 

@@ -99,6 +99,21 @@ def resize_images(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
     return y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
 
 
+def letterbox(x: torch.Tensor, size: int, multiple: int | None = None,
+              mode: str = "bilinear") -> tuple[torch.Tensor, float]:
+    """A detector's input rule (face-api's): scale (N, C, H, W) so the longer side is
+    `size` and pad the bottom/right with zeros, to a `size` x `size` square, or with
+    `multiple` to the next multiples of it (a 320x240 frame -> 320x256 for a stride-32
+    grid). Returns (image, scale); a box in input pixels / scale is in the original's."""
+    h, w = x.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = resize_images(x, (nh, nw), mode)
+    th, tw = (size, size) if multiple is None else (-(-nh // multiple) * multiple,
+                                                    -(-nw // multiple) * multiple)
+    return F.pad(x, (0, tw - nw, 0, th - nh)), scale
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside `folder`, sorted, by suffix."""
     return sorted(p for p in folder.iterdir()

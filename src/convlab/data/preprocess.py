@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .images import resize_images, to_channels
+from .images import letterbox, resize_images, to_channels
 
 __all__ = ["Preprocess", "RESIZE_RULES"]
 
-RESIZE_RULES = ("resize", "pad", "shorter_crop")
+RESIZE_RULES = ("resize", "pad", "shorter_crop", "letterbox")
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class Preprocess:
 
     resize: 'resize' squashes to `size`; 'pad' centre-pads (or centre-crops) to `size`
     without scaling (LeNet's 32x32 from 28x28); 'shorter_crop' scales the shorter side
-    to size/crop_fraction and centre-crops `size` (ImageNet's 256 -> 224).
+    to size/crop_fraction and centre-crops `size` (ImageNet's 256 -> 224); 'letterbox'
+    scales the longer side to `size` and pads the bottom/right to a square (detectors).
     mean/std are per channel in 0..1 units: x = (pixel/255 - mean) / std.
     image_size, when set, is the size the model was trained on before the rule (28x28
     for LeNet's padding): other images are first resized to it, so a photo of any size
@@ -75,6 +76,8 @@ class Preprocess:
             return x  # the published centre crop applies to every size, this one included
         if self.resize == "resize":
             return resize_images(x, (h, w), self.interpolation)
+        if self.resize == "letterbox":
+            return letterbox(x, h, mode=self.interpolation)[0]
         if self.resize == "pad":
             dh, dw = h - x.shape[-2], w - x.shape[-1]
             # negative padding crops, so one rule serves both directions

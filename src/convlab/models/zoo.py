@@ -119,7 +119,13 @@ class TinyYoloFace(nn.Module):
         return self.pool(self.grid(x)).flatten(1)  # (N, K, 7, 7) -> (N, K)
 
 
-def _tiny_yolo(num_classes: int, in_chans: int, input_size: int, **kw) -> nn.Module:
+def _tiny_yolo(num_classes: int, in_chans: int, input_size: int, detect: bool = False,
+               **kw) -> nn.Module:
+    """The classifier form, or with detect=True the detector (models.detector:
+    anchors=..., batchnorm=...), which detection data builds."""
+    if detect:
+        from .detector import TinyYoloDetector
+        return TinyYoloDetector(num_classes=num_classes, in_chans=in_chans, **kw)
     return TinyYoloFace(num_classes=num_classes, in_chans=in_chans, **kw)
 
 

@@ -1,0 +1,216 @@
+"""Detector: boxes for images of any size, from the lecture's pretrained TinyYOLOv2 face
+detector (`tiny_face`) or from a detection run directory, in eager torch or ONNX Runtime.
+
+    det = load_detector("tiny_face")              # face-api's weights, offline
+    boxes = det.detect(decode_image("group.jpg"))  # [Box(x1, y1, x2, y2, score, label)]
+
+Each image is scaled so its longer side is `size` pixels and padded at the bottom and
+right to multiples of 32 (the grid's cell), so a 320x240 frame runs as 320x256, not as
+a 320x320 square; the boxes come back in the original image's pixels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Preprocess, decode_image
+from .data.images import letterbox
+from .errors import CheckpointError, ConfigError, ModelError
+from .tasks.detection import DEFAULT_IOU, DEFAULT_SCORE, DetectionTask
+
+__all__ = ["Box", "Detector", "load_detector", "DEFAULT_MODEL", "DETECT_SIZES", "draw_boxes",
+           "yolo_lines", "result_json", "check_options"]
+
+DEFAULT_MODEL = "tiny_face"
+DETECT_SIZES = range(32, 2049, 32)
+_CELL = 32
+
+
+@dataclass
+class Box:
+    """One detection in the original image's pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    label: str
+
+    def to_dict(self) -> dict:
+        return {"box": [round(v, 1) for v in (self.x1, self.y1, self.x2, self.y2)],
+                "score": round(self.score, 4), "label": self.label}
+
+
+class Detector:
+    """A detection network with its anchors, classes and input normalisation.
+
+    `model` maps a normalised (N, C, H, W) image, H and W multiples of 32, to the YOLO
+    grid; `backend='onnx'` runs the same network under ONNX Runtime (exported once,
+    with dynamic height and width, into `onnx_file`).
+    """
+
+    def __init__(self, model: nn.Module, task: DetectionTask, classes: list[str],
+                 preprocess: Preprocess, *, size: int = 416, score: float = DEFAULT_SCORE,
+                 iou: float = DEFAULT_IOU, backend: str = "torch",
+                 onnx_file: str | os.PathLike | None = None, threads: int | None = None,
+                 name: str = "") -> None:
+        check_options(size, score, iou)
+        if backend not in ("torch", "onnx"):
+            raise ConfigError(f"unknown backend '{backend}'; valid: torch, onnx")
+        self.model = model.eval()
+        self.task, self.classes, self.preprocess = task, list(classes), preprocess
+        self.size, self.score, self.iou = size, score, iou
+        self.backend, self.name = backend, name
+        self._session = None
+        self._lock = threading.Lock()
+        if backend == "onnx":
+            self._session = _onnx_session(model, preprocess, Path(onnx_file) if onnx_file else None,
+                                          threads)
+
+    @property
+    def channels(self) -> int:
+        return self.preprocess.channels
+
+    def input(self, image: torch.Tensor, size: int | None = None) -> tuple[torch.Tensor, float]:
+        """uint8 (C, H, W) -> (normalised (1, C, H', W'), scale) by the letterbox rule."""
+        from .data import to_channels
+
+        x = to_channels(image[None], self.channels)
+        x, scale = letterbox(x, size or self.size, multiple=_CELL, mode=self.preprocess.interpolation)
+        return self.preprocess.normalize(x.float().div_(255.0)), scale
+
+    @torch.inference_mode()
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input -> the raw output grid."""
+        if self._session is not None:
+            out = self._session.run(None, {"input": x.float().contiguous().numpy()})[0]
+            return torch.from_numpy(out)
+        return self.model(x).float()
+
+    def detect(self, image: torch.Tensor | str | os.PathLike, *, size: int | None = None,
+               score: float | None = None, iou: float | None = None) -> list[Box]:
+        """Boxes of one image (uint8 (C, H, W), or a file), best first, in its pixels."""
+        if not isinstance(image, torch.Tensor):
+            image = decode_image(image, 3)
+        check_options(size or self.size, self.score if score is None else score,
+                      self.iou if iou is None else iou)
+        x, scale = self.input(image, size)
+        with self._lock:  # one ONNX session / module, used from server threads too
+            out = self.grid(x)
+        det = self.task.decode(out, score=self.score if score is None else score,
+                               iou=self.iou if iou is None else iou)[0]
+        h, w = x.shape[-2:]
+        pix = det.boxes * torch.tensor([w, h, w, h]) / scale
+        ih, iw = image.shape[-2:]
+        pix[:, 0::2] = pix[:, 0::2].clamp(0, iw)
+        pix[:, 1::2] = pix[:, 1::2].clamp(0, ih)
+        return [Box(*map(float, b), float(s), self.classes[int(k)])
+                for b, s, k in zip(pix.tolist(), det.scores, det.labels)]
+
+
+def check_options(size: int, score: float, iou: float) -> None:
+    """Raise ConfigError unless size is a multiple of 32 and score, iou lie in 0..1."""
+    if size not in DETECT_SIZES:
+        raise ConfigError(f"--size must be a multiple of 32 from 32 to 2048 (the grid's cell "
+                          f"is 32 pixels); got {size}")
+    if not 0.0 <= score <= 1.0:
+        raise ConfigError(f"--score must lie in 0..1; got {score}")
+    if not 0.0 < iou <= 1.0:
+        raise ConfigError(f"--iou must lie in (0, 1]; got {iou}")
+
+
+def _onnx_session(model: nn.Module, preprocess: Preprocess, path: Path | None, threads: int | None):
+    """An ONNX Runtime session of `model` with dynamic batch, height and width: the file
+    at `path` when it exists, else exported there (or to a temporary file)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from .export import export_onnx_file
+
+    if path is None or not path.is_file():
+        target = path or Path(tempfile.mkdtemp(prefix="convlab-detect-")) / "model.onnx"
+        export_onnx_file(model, torch.zeros(1, preprocess.channels, 224, 224), target,
+                         dynamic_size=True)
+        path = target
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _face_detector(**kw) -> Detector:
+    from .models import create_model
+    from .models.detector import FACE_ANCHORS, FACE_MEAN, load_face_api
+
+    model = load_face_api(create_model("tiny_yolo_face", num_classes=1, detect=True,
+                                       anchors=FACE_ANCHORS, batchnorm=False))
+    pre = Preprocess(3, (416, 416), "letterbox", mean=FACE_MEAN, std=(1.0, 1.0, 1.0))
+    return Detector(model, DetectionTask(FACE_ANCHORS, 1), ["face"], pre, name=DEFAULT_MODEL, **kw)
+
+
+def load_detector(model: str | os.PathLike = DEFAULT_MODEL, *, size: int | None = None,
+                  score: float = DEFAULT_SCORE, iou: float = DEFAULT_IOU, backend: str = "torch",
+                  threads: int | None = None) -> Detector:
+    """`tiny_face` (the lecture's network with face-api's weights) or a detection run
+    directory. With backend 'onnx' a run uses RUN/model.onnx (made by `convlab export`,
+    or here on first use); tiny_face is exported into a temporary file."""
+    if os.fspath(model) == DEFAULT_MODEL:
+        return _face_detector(size=size or 416, score=score, iou=iou, backend=backend,
+                              threads=threads)
+    from .checkpoint import load_run
+    from .export import EXPORT_FILES
+    from .tasks import task_of
+
+    path = Path(model)
+    if not path.is_dir():
+        raise ModelError(f"--model: '{model}' is neither '{DEFAULT_MODEL}' nor a run directory")
+    run = load_run(path)
+    task = task_of(run.meta)
+    if not isinstance(task, DetectionTask):
+        raise CheckpointError(f"{path} is a {task.name} run; detect needs a detection run "
+                              f"(train one on a detection dataset), or use: convlab predict {path}")
+    return Detector(run.model, task, run.classes, run.preprocess,
+                    size=size or run.preprocess.size[0], score=score, iou=iou, backend=backend,
+                    onnx_file=path / EXPORT_FILES["onnx"], threads=threads, name=str(path))
+
+
+def draw_boxes(image: torch.Tensor, boxes: list[Box], path: str | os.PathLike) -> None:
+    """Save `image` (uint8 (C, H, W)) with its boxes and their labels drawn, via Pillow."""
+    from PIL import Image, ImageDraw
+
+    arr = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+    img = Image.fromarray(arr.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(max(img.size) / 400))
+    for b in boxes:
+        draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=(255, 40, 40), width=width)
+        draw.text((b.x1 + width, max(0, b.y1 - 12 - width)), f"{b.label} {b.score:.2f}",
+                  fill=(255, 40, 40))
+    from .files import atomic_path
+    with atomic_path(Path(path)) as tmp:
+        img.save(tmp, format="PNG" if Path(path).suffix.lower() == ".png" else "JPEG", quality=92)
+
+
+def yolo_lines(boxes: list[Box], classes: list[str], width: int, height: int) -> str:
+    """The boxes as a YOLO label file: 'class cx cy w h' per line, normalised to 0..1."""
+    out = []
+    for b in boxes:
+        cx, cy = (b.x1 + b.x2) / 2 / width, (b.y1 + b.y2) / 2 / height
+        out.append(f"{classes.index(b.label)} {cx:.6f} {cy:.6f} {(b.x2 - b.x1) / width:.6f} "
+                   f"{(b.y2 - b.y1) / height:.6f}")
+    return "".join(line + "\n" for line in out)
+
+
+def result_json(results: list[tuple[str, list[Box]]]) -> str:
+    """`convlab detect --json`: [{"image": PATH, "boxes": [{"box", "score", "label"}]}]."""
+    return json.dumps([{"image": p, "boxes": [b.to_dict() for b in boxes]} for p, boxes in results],
+                      indent=1)
+
