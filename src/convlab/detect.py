@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,9 @@ def yolo_lines(boxes: list[Box], classes: list[str], width: int, height: int) ->
 
 def result_json(results: list[tuple[str, list[Box]]]) -> str:
     """`convlab detect --json`: [{"image": PATH, "boxes": [{"box", "score", "label"}]}]."""
-    return json.dumps([{"image": p, "boxes": [b.to_dict() for b in boxes]} for p, boxes in results],
+    text = json.dumps([{"image": p, "boxes": [b.to_dict() for b in boxes]} for p, boxes in results],
                       indent=1)
+    # each box's four numbers on one line
+    return re.sub(r"\[\s*([^\[\]{}\s][^\[\]{}]*?)\s*\]",
+                  lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 

@@ -24,6 +24,7 @@ from .config import EXPORT_FORMATS
 from .data import Preprocess
 from .errors import CheckpointError, ConfigError, ModelError
 from .files import atomic_path
+from .tasks import task_of
 
 __all__ = ["FORMATS", "EXPORT_FILES", "ExportResult", "export_run", "export_onnx_file", "OnnxModel",
            "PARITY_TOLERANCE"]
@@ -46,7 +47,9 @@ class ExportResult:
 
 def _export_meta(run: Run) -> str:
     return json.dumps({"classes": run.classes, "preprocess": run.meta["preprocess"],
-                       "model": run.meta.get("model"), "kind": run.meta.get("kind", "model")})
+                       "model": run.meta.get("model"), "kind": run.meta.get("kind", "model"),
+                       "task": run.meta.get("task", "classification"),
+                       **({"detection": run.meta["detection"]} if "detection" in run.meta else {})})
 
 
 def _check_input(run: Run, batch: int = 4, seed: int = 0) -> torch.Tensor:
@@ -57,10 +60,17 @@ def _check_input(run: Run, batch: int = 4, seed: int = 0) -> torch.Tensor:
     return pre(images)
 
 
-def _parity(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, float, bool]:
-    """(max abs difference of probabilities, of logits, same top-1)."""
-    prob_diff = float((reference.softmax(1) - got.softmax(1)).abs().max())
+def _parity(reference: torch.Tensor, got: torch.Tensor, task=None) -> tuple[float, float, bool]:
+    """(max abs difference of probabilities, of logits, same top-1). A detector's grid
+    compares its squashed scores (sigmoid of every number) and, as 'same top-1', the
+    boxes decoded from both: the same count and classes in every image."""
     logit_diff = float((reference - got).abs().max())
+    if task is not None and task.name == "detection":
+        prob_diff = float((reference.sigmoid() - got.sigmoid()).abs().max())
+        a, b = task.decode(reference), task.decode(got)
+        same = all(torch.equal(x.labels, y.labels) for x, y in zip(a, b))
+        return prob_diff, logit_diff, same
+    prob_diff = float((reference.softmax(1) - got.softmax(1)).abs().max())
     return prob_diff, logit_diff, bool(torch.equal(reference.argmax(1), got.argmax(1)))
 
 
@@ -78,12 +88,13 @@ def export_run(run: Run | str | os.PathLike, fmt: str = "onnx", *, out: str | os
     with torch.inference_mode():
         reference = model(x).float()
     meta = _export_meta(run)
+    task = task_of(run.meta)
     with atomic_path(path) as tmp:  # written only when parity holds
-        if fmt == "onnx":
-            got = _export_onnx(model, x, tmp, meta, opset)
+        if fmt == "onnx":  # a detector takes images of any size (multiples of 32)
+            got = _export_onnx(model, x, tmp, meta, opset, dynamic_size=task.name == "detection")
         else:
             got = _export_torchscript(model, x, tmp, meta)
-        diff, logit_diff, same = _parity(reference, got)
+        diff, logit_diff, same = _parity(reference, got, task)
         if not (diff < PARITY_TOLERANCE and same):
             raise ModelError(f"{fmt} export of {run.path} fails the parity check: max abs "
                              f"probability difference {diff:.2e} (limit {PARITY_TOLERANCE:g}), "

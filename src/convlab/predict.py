@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import Run, load_run
 from .data import Preprocess, decode_image
-from .errors import ConfigError, ModelError
+from .errors import CheckpointError, ConfigError, ModelError
 from .tasks import task_of
 
 __all__ = ["Predictor", "Prediction", "BACKENDS", "classify_images"]
@@ -51,11 +51,18 @@ class Predictor:
             self.preprocess = Preprocess.from_dict(meta["preprocess"])
             self.classes = list(meta["classes"])
             self.task = task_of(meta)
+            if self.task.name != "classification":
+                raise CheckpointError(f"{path} is a {self.task.name} run; use "
+                                      f"convlab.detect.load_detector('{path}', backend='onnx')")
             return
         self.run = run if isinstance(run, Run) else load_run(run, device)
         self.preprocess = self.run.preprocess
         self.classes = self.run.classes
         self.task = task_of(self.run.meta)
+        if self.task.name != "classification":
+            raise CheckpointError(f"{self.run.path} is a {self.task.name} run: its output is boxes, "
+                                  f"not class probabilities; use convlab.detect.load_detector("
+                                  f"'{self.run.path}') (convlab detect --model RUN)")
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,14 +19,14 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # The visible list of command modules (in `convlab --help` order).
 COMMAND_MODULES = ["catalog", "train", "demo", "inspect", "checks", "augment", "report",
-                   "transfer", "backbones", "export", "teach"]
+                   "transfer", "backbones", "detect", "export", "teach"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
     parser = argparse.ArgumentParser(
-        prog="convlab", description="Convolutional image classifiers: train, transfer, inspect, teach.")
+        prog="convlab", description="Convolutional networks: train, transfer, inspect, detect, teach.")
     parser.add_argument("--version", action="version", version=f"convlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

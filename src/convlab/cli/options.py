@@ -192,7 +192,13 @@ def model_from_args(args: argparse.Namespace) -> str:
 
 
 def print_eval(result, title: str = "test") -> None:
-    """The evaluation summary: top-1/top-5 and per-class accuracy."""
+    """The evaluation summary: top-1/top-5 and per-class accuracy (detection: mAP50,
+    mAP50-95 and AP50 per class)."""
+    if hasattr(result, "map50"):
+        print(f"{title}: mAP50 {result.map50:.4f}, mAP50-95 {result.map50_95:.4f}, loss "
+              f"{result.loss:.4f} on {result.n:,} images")
+        print(render_table(["class", "AP50"], [[c, round(a, 4)] for c, a in result.ap50.items()]))
+        return
     print(f"{title}: top-1 accuracy {result.top1:.4f} (error {1 - result.top1:.4f}), "
           f"top-5 accuracy {result.top5:.4f} (error {1 - result.top5:.4f}) on {result.n:,} images")
     rows = [[c, int(result.confusion[i].sum()), None if math.isnan(a) else round(a, 4)]

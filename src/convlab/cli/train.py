@@ -21,8 +21,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{Path(args.dataset).name}"
     result = train(args.dataset, args.model, cfg, out=out, resume=args.resume,
                    overwrite=args.overwrite, device=args.device, channels=args.channels,
-                   image_size=args.image_size, strict=args.strict)
-    if result.test is not None:
+                   image_size=args.image_size, strict=args.strict, pretrained=args.pretrained)
+    if result.test is not None and hasattr(result.test, "map50"):
+        print(f"test: mAP50 {result.test.map50:.4f}, mAP50-95 {result.test.map50_95:.4f} "
+              f"({result.test.n:,} images)")
+    elif result.test is not None:
         print(f"test: top-1 accuracy {result.test.top1:.4f}, top-5 accuracy {result.test.top5:.4f} "
               f"({result.test.n:,} images)")
     from ..training import is_main, resolve_device
@@ -47,6 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..training import evaluate, resolve_device
     from ..training.evaluation import evaluation_data
     from ..training.splits import has_test_split
+    from ..tasks import task_of
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)
@@ -66,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if list(data.classes) != run.classes:
         raise CheckpointError(f"the run's classes {run.classes} differ from the dataset's "
                               f"{list(data.classes)}; evaluate on data with the same classes")
-    result = evaluate(run.model, data, pre, device=device)
+    result = evaluate(run.model, data, pre, device=device, task=task_of(run.meta))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -75,7 +79,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ..checkpoint import read_meta
     from ..predict import Predictor
+
+    if read_meta(args.run_dir).get("task") == "detection":  # boxes, as convlab detect prints them
+        from .detect import cmd_detect
+        return cmd_detect(argparse.Namespace(
+            images=args.images, model=args.run_dir, size=None, score=None, iou=0.4, json=False,
+            out=None, save_labels=None, backend=args.backend))
 
     predictor = Predictor(args.run_dir, backend=args.backend)
     for p in predictor.predict_files(args.images, top=args.top):
@@ -98,10 +109,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
     p.add_argument("--image-size", type=int, help="resize images to this many pixels square")
     p.add_argument("--strict", action="store_true", help="unreadable files in a folder are an error")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start from the model's offline weights: the bundled ImageNet ones, or "
+                        "for tiny_yolo_face on detection data the face-api face detector "
+                        "(a new head for other classes)")
     add_train_options(p)
     p.set_defaults(run=cmd_train, torchrun=True)
 
-    p = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a run")
+    p = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a run "
+                                        "(detection runs: mAP50, mAP50-95, AP50 per class)")
     p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
     p.add_argument("dataset", nargs="?",
                    help="dataset name or folder, all of its --split (default: the run's own "
@@ -112,7 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(run=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="class probabilities for image files")
+    p = sub.add_parser("predict", help="class probabilities for image files (a detection "
+                                       "run: its boxes, as convlab detect)")
     p.add_argument("run_dir", metavar="run", help="run directory")  # dest "run" is the command
     p.add_argument("images", nargs="+", help="image files (any mode and size)")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")

@@ -13,7 +13,7 @@ _API = {
     "Batches": "batches", "epoch_permutation": "batches",
     "decode_image": "images", "pil_to_tensor": "images", "resize_images": "images",
     "to_channels": "images",
-    "ImageSet": "imageset", "FeatureSet": "featureset",
+    "ImageSet": "imageset", "FeatureSet": "featureset", "DetectionSet": "detectionset",
     "Preprocess": "preprocess",
     "DATASETS": "registry", "dataset_spec": "registry", "list_datasets": "registry",
     "load_dataset": "registry",

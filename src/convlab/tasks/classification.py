@@ -13,7 +13,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import DatasetError
 
-__all__ = ["Task", "ClassificationTask", "CLASSIFICATION", "EvalResult", "make_loss"]
+__all__ = ["Task", "Evaluator", "ClassificationTask", "CLASSIFICATION", "EvalResult", "make_loss"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,6 +37,17 @@ class EvalResult:
         return {c: (float(a) if int(self.confusion[i].sum()) else float("nan"))
                 for i, (c, a) in enumerate(zip(self.classes, acc))}
 
+    headline = "acc"
+
+    @property
+    def score(self) -> float:
+        """The number the epoch line and early stopping follow (higher is better)."""
+        return self.top1
+
+    def summary(self) -> dict:
+        """The test entry of a run's meta.json."""
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "n": self.n}
+
     def to_dict(self) -> dict:
         return {"n": self.n, "loss": self.loss, "top1": self.top1, "top5": self.top5,
                 "top1_error": 1 - self.top1, "top5_error": 1 - self.top5,
@@ -44,21 +55,29 @@ class EvalResult:
                 "classes": self.classes}
 
 
+class Evaluator(Protocol):
+    """Accumulates one pass over a set; `result` gets the summed loss and `reduce`, the
+    sum over processes (identity in one process), so every sample counts once."""
+
+    def update(self, output: torch.Tensor, targets: torch.Tensor) -> None: ...
+    def result(self, loss_sum: float, reduce: Callable[[torch.Tensor], torch.Tensor]): ...
+
+
 class Task(Protocol):
-    """What the pipeline asks of a task. Counts are float64 tensors that are summed over
-    batches (and over processes under torch.distributed), then turned into metrics, so
-    that every sample is counted once."""
+    """What the pipeline asks of a task. Training counts are float64 tensors summed over
+    batches (and over processes under torch.distributed); evaluation goes through the
+    task's Evaluator, whose result has `score` (higher is better), `headline` (its
+    name), `summary()` and `to_dict()`."""
 
     name: str
 
+    def check_config(self, config: TrainConfig) -> None: ...
     def loss(self, config: TrainConfig) -> Loss: ...
     def check_targets(self, targets: torch.Tensor, num_classes: int, where: str) -> None: ...
     def train_counts(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
     def train_metrics(self, counts: torch.Tensor, n: int) -> dict[str, float]: ...
-    def eval_counts(self, output: torch.Tensor, targets: torch.Tensor,
-                    num_classes: int) -> torch.Tensor: ...
-    def eval_result(self, counts: torch.Tensor, loss_sum: float, classes: list[str]): ...
-    def decode(self, output: torch.Tensor) -> torch.Tensor: ...
+    def evaluator(self, classes: list[str]) -> Evaluator: ...
+    def decode(self, output: torch.Tensor): ...
 
 
 def make_loss(cfg: TrainConfig) -> Loss:
@@ -74,10 +93,42 @@ def make_loss(cfg: TrainConfig) -> Loss:
     return nn.MultiMarginLoss()
 
 
+class _Counts:
+    """Classification's evaluator: eval_counts summed over batches, then over processes."""
+
+    def __init__(self, task: ClassificationTask, classes: list[str]) -> None:
+        self.task, self.classes = task, list(classes)
+        self.counts: torch.Tensor | None = None
+
+    def update(self, output: torch.Tensor, targets: torch.Tensor) -> None:
+        c = self.task.eval_counts(output, targets, len(self.classes))
+        self.counts = c if self.counts is None else self.counts + c
+
+    def result(self, loss_sum: float, reduce) -> EvalResult:
+        k = len(self.classes)
+        counts = self.counts if self.counts is not None else self.task.eval_counts(
+            torch.zeros(0, k), torch.zeros(0, dtype=torch.int64), k)  # this rank saw no sample
+        totals = reduce(torch.cat([torch.tensor([loss_sum], dtype=torch.float64), counts]))
+        return self.task.eval_result(totals[1:], float(totals[0]), self.classes)
+
+
 class ClassificationTask:
     """Targets are int64 labels (N,) in 0..K-1; the network outputs logits (N, K)."""
 
     name = "classification"
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> ClassificationTask:
+        return CLASSIFICATION
+
+    def meta(self) -> dict:
+        return {}
+
+    def evaluator(self, classes: list[str]) -> _Counts:
+        return _Counts(self, classes)
+
+    def check_config(self, config: TrainConfig) -> None:
+        """Every TrainConfig suits classification."""
 
     def loss(self, config: TrainConfig) -> Loss:
         return make_loss(config)

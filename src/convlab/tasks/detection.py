@@ -269,12 +269,31 @@ class DetectionTask:
 
     @classmethod
     def from_meta(cls, meta: dict) -> DetectionTask:
-        d = meta.get("detection", {})
-        return cls(d.get("anchors", ()), len(meta.get("classes", [])) or 1)
+        from ..errors import CheckpointError
+
+        anchors = meta.get("detection", {}).get("anchors")
+        if not anchors:
+            raise CheckpointError("a detection run's meta.json needs detection.anchors")
+        return cls(anchors, len(meta.get("classes", [])) or 1)
 
     def meta(self) -> dict:
         """What a run's meta.json keeps of the task."""
         return {"anchors": [list(a) for a in self.anchors]}
+
+    def check_config(self, config: TrainConfig) -> None:
+        """Geometric augmentation would move the objects away from their boxes."""
+        from ..errors import ConfigError
+
+        a = config.augment
+        moved = [n for n in ("crop", "resized_crop", "hflip", "vflip", "translate", "rotate", "erase")
+                 if getattr(a, n)]
+        if moved:
+            raise ConfigError(f"detection training keeps boxes as labelled, so augmentation that "
+                              f"moves or hides pixels is refused: {', '.join(moved)}; valid for "
+                              f"detection: jitter, lighting")
+        if config.loss != "cross-entropy" or config.label_smoothing:
+            raise ConfigError("detection trains with the YOLOv2 region loss; --loss and "
+                              "--label-smoothing are for classification")
 
     def loss(self, config: TrainConfig) -> RegionLoss:
         return RegionLoss(self.anchors, self.num_classes)

@@ -22,18 +22,21 @@ class EpochStats:
 
     epoch: int
     loss: float
-    acc: float
+    acc: float | None           # None where the task measures nothing on training batches
     val_loss: float | None
-    val_acc: float | None
+    val_acc: float | None       # the task's validation score (detection: mAP50)
     lr: float
     seconds: float
     extra: dict = field(default_factory=dict)
+    val_metric: str = "acc"     # what val_acc is: 'acc', or 'mAP50' for detection
 
     def line(self, epochs: int) -> str:
         """Keras's epoch line: 'Epoch 2/3 - loss: 0.1184 - acc: 0.9648 - ... - 4.1s'."""
-        parts = [f"Epoch {self.epoch}/{epochs}", f"loss: {self.loss:.4f}", f"acc: {self.acc:.4f}"]
+        parts = [f"Epoch {self.epoch}/{epochs}", f"loss: {self.loss:.4f}"]
+        if self.acc is not None:
+            parts.append(f"acc: {self.acc:.4f}")
         if self.val_loss is not None:
-            parts += [f"val_loss: {self.val_loss:.4f}", f"val_acc: {self.val_acc:.4f}"]
+            parts += [f"val_loss: {self.val_loss:.4f}", f"val_{self.val_metric}: {self.val_acc:.4f}"]
         parts += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
                   for k, v in self.extra.items()]
         parts.append(f"{self.seconds:.1f}s")

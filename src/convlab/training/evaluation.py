@@ -119,6 +119,25 @@ def evaluation_stale(run_dir: str | os.PathLike) -> bool:
             or evaluation.stat().st_mtime < (path / META_FILE).stat().st_mtime)
 
 
+EXAMPLES = 8  # a detection run's evaluation.json keeps the boxes found in this many images
+
+
+def _write_detection(run: Run, data, split: str, result, found) -> RunEvaluation:
+    """evaluation.json of a detection run: mAP50, mAP50-95, AP50 per class, and the
+    boxes found (score >= 0.5) in the first EXAMPLES images, xyxy in 0..1."""
+    examples = [{"index": i, "boxes": [[round(v, 4) for v in b] for b in d.boxes.tolist()],
+                 "scores": [round(v, 3) for v in d.scores.tolist()], "labels": d.labels.tolist()}
+                for i, d in enumerate(found)]
+    info = {"dataset": data.name, "split": split, "task": "detection", **result.to_dict(),
+            "examples": examples}
+    rows = ",\n    ".join(json.dumps(e) for e in examples)
+    text = json.dumps({**info, "examples": None}, indent=2).replace(
+        '"examples": null', f'"examples": [\n    {rows}\n  ]' if examples else '"examples": []')
+    path = run.path / EVALUATION_FILE
+    atomic_write_bytes(path, text.encode())
+    return RunEvaluation(path, split, data, result, [])
+
+
 def _json_text(info: dict) -> str:
     """evaluation.json with one confusion row and one mistake per line (readable diffs)."""
     lists = {k: info[k] for k in ("confusion", "mistakes")}
@@ -148,7 +167,10 @@ def evaluate_run(run_dir: str | os.PathLike, *, data: ImageSet | None = None, sp
     split = split or "evaluation"
     # one pass: the logits give both the task's counts and the confident mistakes
     logits = predict_logits(run.model, data, run.preprocess, device=device)
-    result = score_logits(logits, data.labels, list(data.classes), task=task_of(run.meta))
+    task = task_of(run.meta)
+    result = score_logits(logits, data.labels, list(data.classes), task=task)
+    if task.name == "detection":
+        return _write_detection(run, data, split, result, task.decode(logits[:EXAMPLES]))
     idx, pred, conf = confident_mistakes(logits, data.labels, mistakes)
     wrong = [{"index": i, "true": t, "predicted": p, "confidence": c} for i, t, p, c in
              zip(idx.tolist(), data.labels[idx].tolist(), pred.tolist(), conf.tolist())]

@@ -96,6 +96,7 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     amp = uses_bf16(config.precision, device)
     optimizer = make_optimizer(param_groups if param_groups is not None else
                                [p for p in model.parameters() if p.requires_grad], config)
+    task.check_config(config)
     task.check_targets(train.labels, train.num_classes, train.name)
     loss_fn = task.loss(config)
     # the craft the config asks for (schedule, regularisers, init, augmentation), checked here
@@ -217,13 +218,16 @@ def _epoch_stats(state: TrainState, model: nn.Module, val, loss_sum: torch.Tenso
                                        torch.tensor([float(seen)], dtype=torch.float64), counts]))
     train_metrics = task.train_metrics(totals[2:], int(totals[1]))
     val_loss = val_acc = None
+    extra, headline = {}, "acc"
     if val is not None and len(val):
         r = evaluate(model, val, preprocess, device=device, channels_last=channels_last,
                      loss_fn=loss_fn, task=task)
-        val_loss, val_acc = r.loss, r.top1
-    return EpochStats(state.epoch, float(totals[0] / totals[1]), train_metrics["acc"], val_loss,
+        val_loss, val_acc, headline = r.loss, r.score, r.headline
+        if hasattr(r, "map50_95"):  # detection's second number, as the Keras line shows it
+            extra["val_mAP50-95"] = r.map50_95
+    return EpochStats(state.epoch, float(totals[0] / totals[1]), train_metrics.get("acc"), val_loss,
                       val_acc, float(state.optimizer.param_groups[0]["lr"]),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, extra, headline)
 
 
 def _run_meta(meta: dict | None, config: TrainConfig, preprocess: Preprocess | None,
@@ -236,6 +240,8 @@ def _run_meta(meta: dict | None, config: TrainConfig, preprocess: Preprocess | N
         base.setdefault("preprocess", preprocess.to_dict())
     base.setdefault("classes", list(train.classes))
     base.setdefault("task", task.name)
+    if task.meta():
+        base.setdefault(task.name, task.meta())
     base["versions"] = library_versions()
     return base
 

@@ -11,9 +11,10 @@ import torch
 
 from ..checkpoint import META_FILE, read_meta
 from ..config import TrainConfig
-from ..data import ImageSet, Preprocess, load_dataset
+from ..data import DetectionSet, ImageSet, Preprocess, load_dataset
 from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models import create_model, default_preprocess, model_spec
+from ..tasks import CLASSIFICATION, DetectionTask, Task
 from .distributed import is_main, launched_by_torchrun, local_rank, main_first
 from .splits import load_test_split
 from .callbacks import Callback, EpochStats
@@ -21,7 +22,7 @@ from .loop import fit
 from .metrics import EvalResult, evaluate
 
 __all__ = ["train", "TrainResult", "resolve_device", "prepare_data", "prepare_run_dir",
-           "model_for_data", "record_test"]
+           "model_for_data", "detection_model", "task_for", "record_test", "DETECTORS"]
 
 
 @dataclass
@@ -46,17 +47,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def prepare_data(dataset: str | os.PathLike | ImageSet, config: TrainConfig, *,
+def prepare_data(dataset: str | os.PathLike | ImageSet | DetectionSet, config: TrainConfig, *,
                  channels: int | None = None, size: int | None = None, strict: bool = False,
                  few_shot: int | None = None) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
-    """(train, validation, test) for a dataset name, a folder, or an ImageSet: the one
-    split of every training path (train, transfer, lr-find, overfit, evaluation).
+    """(train, validation, test) for a dataset name, a folder, or an ImageSet or
+    DetectionSet: the one split of every training path (train, transfer, lr-find,
+    overfit, evaluation).
 
-    The validation split is stratified (config.val_split, config.seed); the test split
-    is the dataset's official one, or None. `few_shot` keeps k images per class of the
-    training data before the validation split is taken.
+    The validation split is stratified (config.val_split, config.seed; detection sets
+    split their images at random); the test split is the dataset's official one, or
+    None. `few_shot` keeps k images per class of the training data before the
+    validation split is taken.
     """
-    if isinstance(dataset, ImageSet):
+    if isinstance(dataset, (ImageSet, DetectionSet)):
         full, test = dataset, None
     else:
         full = load_dataset(dataset, "train", channels=channels, size=size, strict=strict)
@@ -64,6 +67,15 @@ def prepare_data(dataset: str | os.PathLike | ImageSet, config: TrainConfig, *,
     if few_shot:
         full = full.few_shot(few_shot, seed=config.seed)
     counts = full.class_counts()
+    if isinstance(full, DetectionSet):
+        if not len(full.rows()):
+            raise DatasetError(f"{full.name}: detection training needs boxes; no label file "
+                               f"has any")
+        if config.val_split > 0:
+            train_set, val_set = full.split(config.val_split, config.seed)
+        else:
+            train_set, val_set = full, None
+        return train_set, val_set, test
     if full.num_classes < 2 or int((counts > 0).sum()) < 2:
         raise DatasetError(f"{full.name}: training needs at least 2 classes with images; "
                            f"found {int((counts > 0).sum())}")
@@ -78,17 +90,55 @@ def prepare_data(dataset: str | os.PathLike | ImageSet, config: TrainConfig, *,
     return train_set, val_set, test
 
 
-def model_for_data(model: str, data: ImageSet, *, channels: int | None = None,
-                   model_kwargs: dict | None = None) -> tuple[torch.nn.Module, Preprocess, dict]:
+def model_for_data(model: str, data: ImageSet | DetectionSet, *, channels: int | None = None,
+                   model_kwargs: dict | None = None, pretrained: bool = False
+                   ) -> tuple[torch.nn.Module, Preprocess, dict]:
     """(fresh model, its preprocessing, its create_model kwargs) for registered `model`
-    fed the images of `data` (classes, channels and, for size-flexible models, size)."""
+    fed the images of `data` (classes, channels and, for size-flexible models, size).
+    `pretrained` starts from the model's offline weights (a new head when the classes
+    differ). Detection data builds the detector form (detection_model)."""
+    if isinstance(data, DetectionSet):
+        return detection_model(model, data, channels=channels, pretrained=pretrained)
     spec = model_spec(model)
     in_chans = channels or data.shape[0]
     preprocess, input_size = default_preprocess(model, in_chans, data.shape[1])
     kwargs = {"num_classes": data.num_classes, "in_chans": in_chans,
               **({"input_size": input_size} if spec.flexible_size else {}),
               **(model_kwargs or {})}
-    return create_model(model, **kwargs), preprocess, kwargs
+    return create_model(model, pretrained=pretrained, **kwargs), preprocess, kwargs
+
+
+DETECTORS = ("tiny_yolo_face",)
+
+
+def detection_model(model: str, data: DetectionSet, *, channels: int | None = None,
+                    pretrained: bool = False) -> tuple[torch.nn.Module, Preprocess, dict]:
+    """The lecture's TinyYOLOv2 for `data`'s classes: A x (5 + C) output channels (25
+    for one class), input the data's size rounded to a multiple of 32, letterboxed.
+    From scratch it has BatchNorm and anchors from k-means on the training boxes;
+    `pretrained` starts from face-api's face detector (its anchors and folded
+    BatchNorm; a new head for other classes)."""
+    from ..models.detector import FACE_ANCHORS, FACE_MEAN, load_face_api
+    from ..tasks.detection import kmeans_anchors
+
+    if model not in DETECTORS:
+        raise ConfigError(f"detection data trains a detector; '{model}' is a classifier. "
+                          f"Valid: {', '.join(DETECTORS)}")
+    in_chans = channels or data.shape[0]
+    size = max(32, round(data.shape[1] / 32) * 32)
+    if pretrained:
+        anchors = FACE_ANCHORS
+    else:
+        wh = data.rows()[:, 3:5] * (size / 32)  # box sizes in grid cells
+        anchors = tuple(tuple(round(float(v), 4) for v in a) for a in kmeans_anchors(wh, 5))
+    kwargs = {"num_classes": data.num_classes, "in_chans": in_chans, "detect": True,
+              "anchors": [list(a) for a in anchors], "batchnorm": not pretrained}
+    net = create_model(model, **kwargs)
+    if pretrained:
+        load_face_api(net)
+    mean = FACE_MEAN if in_chans == 3 else (sum(FACE_MEAN) / 3,)
+    pre = Preprocess(in_chans, (size, size), "letterbox", mean=mean, std=(1.0,) * len(mean))
+    return net, pre, kwargs
 
 
 def prepare_run_dir(out: Path | None, *, resume: bool | None = False,
@@ -110,16 +160,24 @@ def prepare_run_dir(out: Path | None, *, resume: bool | None = False,
 def record_test(run_dir: str | os.PathLike | None, model: torch.nn.Module,
                 result: EvalResult) -> dict:
     """Add a test-set evaluation to a run's meta.json as "test": {top1, top5, loss, n}
+    (detection: {mAP50, mAP50_95, loss, n})
     and save the run with `model` (every training path and transfer strategy records its
     test result here, in this one shape). Returns that entry; without a run directory,
     or outside the main process under torchrun, nothing is written."""
-    entry = {"top1": result.top1, "top5": result.top5, "loss": result.loss, "n": result.n}
+    entry = result.summary()
     if run_dir is not None and is_main():
         from ..checkpoint import save_run
         meta = read_meta(run_dir)
         meta["test"] = entry
         save_run(run_dir, model, meta)
     return entry
+
+
+def task_for(data: ImageSet | DetectionSet, model_kwargs: dict) -> Task:
+    """The task of training on `data` with a model built from `model_kwargs`."""
+    if isinstance(data, DetectionSet):
+        return DetectionTask(model_kwargs["anchors"], data.num_classes)
+    return CLASSIFICATION
 
 
 def _check_resume(out: Path, model_name: str, data_name: str) -> None:
@@ -136,12 +194,14 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
           *, out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
           device: str = "auto", model_kwargs: dict | None = None, channels: int | None = None,
           image_size: int | None = None, strict: bool = False, callbacks: Sequence[Callback] = (),
-          augment: Callable | None = None, verbose: bool = True,
+          augment: Callable | None = None, verbose: bool = True, pretrained: bool = False,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train registered model `model` on `dataset` and evaluate on its test split.
 
     `out` is the run directory (saved every epoch). `resume` continues it; an existing
-    run is otherwise refused unless `overwrite`.
+    run is otherwise refused unless `overwrite`. Detection data (a YOLO folder,
+    digit-boxes) trains the detector form of tiny_yolo_face with the detection task;
+    `pretrained` starts from the model's offline weights.
     """
     model_spec(model)  # an unknown name fails before any data is loaded
     dev = resolve_device(device)
@@ -155,8 +215,9 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
                 _check_resume(out, model, train_set.name)
     torch.manual_seed(config.seed)  # the initial weights follow the seed (same in every process)
     net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
-                                             model_kwargs=model_kwargs)
-    if config.normalize != "model":  # statistics of the training split, saved in meta.json
+                                             model_kwargs=model_kwargs, pretrained=pretrained)
+    task = task_for(train_set, kwargs)
+    if config.normalize != "model" and task.name == "classification":  # statistics of the training split, saved in meta.json
         from ..data.augment import normalization
         preprocess = normalization(train_set, preprocess, config.normalize)
     meta = {"model": {"name": model, "kwargs": kwargs},
@@ -170,9 +231,9 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
             + (f", test {len(test_set)}" if test_set is not None else ""))
     result = fit(net, train_set, val_set, config=config, preprocess=preprocess, run_dir=out,
                  meta=meta, resume=resume, callbacks=callbacks, device=dev, augment=augment,
-                 verbose=verbose, log=log)
+                 task=task, verbose=verbose, log=log)
     test_result = None
     if test_set is not None:
-        test_result = evaluate(net, test_set, preprocess, device=dev)
+        test_result = evaluate(net, test_set, preprocess, device=dev, task=task)
         record_test(out, net, test_result)
     return TrainResult(out, result.history, test_result, net)
