@@ -6,10 +6,14 @@ training runs in its own thread per project (see learn.Jobs).
 """
 from __future__ import annotations
 
+import io
 import re
+import threading
+import time
 from pathlib import Path, PurePosixPath
 
-from fastapi import APIRouter, Body, FastAPI, Request
+import torch
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -18,13 +22,13 @@ from .._version import __version__
 from ..files import cache_root
 from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFound, TooLarge,
                       UnsupportedImage, unknown)
-from .learn import (HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones, Previewer,
-                    TorchBackbone, TrainOptions, export_project)
+from .learn import (_ONNX_EXPORT, HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones,
+                    Previewer, TorchBackbone, TrainOptions, export_project)
 from .looks import WhereItLooks
 from .security import Guard
-from .store import DEFAULT_BACKBONE, Limits, Store, check_name
+from .store import ACCEPTED_FORMATS, DEFAULT_BACKBONE, Limits, Store, check_name
 
-__all__ = ["create_app", "HTTP_STATUS", "http_status"]
+__all__ = ["create_app", "HTTP_STATUS", "http_status", "FaceDetection"]
 
 # The HTTP answer to each kind of error; a subclass takes its nearest listed ancestor's.
 HTTP_STATUS: dict[type[ConvlabError], int] = {
@@ -34,6 +38,8 @@ HTTP_STATUS: dict[type[ConvlabError], int] = {
 STATIC = Path(__file__).parent / "static"
 _SHA = re.compile(r"[0-9a-f]{64}")
 SOURCES = ("webcam", "upload", "import")
+DETECT_SIZE = 320     # the Detect view's default: a 320x240 frame runs as 320x256
+DETECT_SCORE = 0.5
 
 
 def http_status(exc: ConvlabError) -> int:
@@ -79,6 +85,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
     previewer = Previewer(store, backbone, torch_backbone)
     imagenet = ImagenetPreview(limits)
     looks = WhereItLooks(store)
+    faces = FaceDetection(limits)
 
     # FastAPI's own /docs pages load their scripts from a CDN; this app works offline, so
     # /docs is a small page of ours that renders /openapi.json.
@@ -86,7 +93,7 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
                   description="Teach an image classifier from your webcam or files; everything "
                               "stays on this machine. The UI at / uses exactly this API.")
     app.state.store, app.state.jobs, app.state.previewer = store, jobs, previewer
-    app.state.backbone, app.state.imagenet = backbone, imagenet
+    app.state.backbone, app.state.imagenet, app.state.faces = backbone, imagenet, faces
     app.state.recovered = recovered
 
     @app.exception_handler(ConvlabError)
@@ -95,7 +102,8 @@ def create_app(home: str | Path, *, token: str | None = None, hosts: set[str] | 
 
     for routes in (_info_routes(limits), _project_routes(store, jobs), _sample_routes(store),
                    _training_routes(store, jobs, previewer), _imagenet_routes(imagenet),
-                   _looks_routes(looks), _export_routes(store), _ui_routes()):
+                   _looks_routes(looks), _detect_routes(faces), _export_routes(store),
+                   _ui_routes()):
         app.include_router(routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, hosts=hosts, token=token, max_body=limits.request_bytes)
@@ -294,6 +302,109 @@ def _looks_routes(looks: WhereItLooks) -> APIRouter:
                              "image it covers, as fractions), 'layer'.")
     async def where_it_looks(pid: int, request: Request, target: int | None = None) -> dict:
         return await run_in_threadpool(looks.explain, pid, await _image_from(request), target)
+
+    return router
+
+
+class FaceDetection:
+    """The Detect view's face detector (`convlab.detect`'s tiny_face: the lecture's
+    TinyYOLOv2 with face-api's weights), loaded on the first request and shared by all
+    (the Detector serialises its runs). ONNX Runtime on one thread, as the preview's
+    backbones run; eager torch when the ONNX export or session fails (`fallback` says
+    why)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._detector = None
+        self.fallback = ""
+
+    def detector(self):
+        """The detector, loaded now if need be. A missing or damaged face-api package
+        raises its ConvlabError every time, so installing it needs no restart."""
+        from ..detect import load_detector
+
+        with self._lock:
+            if self._detector is None:
+                try:
+                    with _ONNX_EXPORT:   # torch.onnx.export keeps global state
+                        det = load_detector("tiny_face", size=DETECT_SIZE, backend="onnx",
+                                            threads=1)
+                except ConvlabError:
+                    raise
+                except Exception as exc:  # onnx or onnxruntime failed: torch runs the same net
+                    self.fallback = f"{type(exc).__name__}: {exc}"
+                    det = load_detector("tiny_face", size=DETECT_SIZE, backend="torch")
+                # ONNX Runtime plans memory on a shape's first run (seconds, not ms): do it
+                # for a webcam frame now, not on the user's first frame
+                det.detect(torch.zeros(3, 240, 320, dtype=torch.uint8))
+                self._detector = det
+            return self._detector
+
+    def detect(self, img: torch.Tensor, *, size: int = DETECT_SIZE,
+               score: float = DETECT_SCORE) -> dict:
+        """The faces in one image, uint8 (3, H, W), in its pixels, with the detection's time."""
+        det = self.detector()
+        t0 = time.perf_counter()
+        boxes = det.detect(img, size=size, score=score)
+        ms = (time.perf_counter() - t0) * 1000
+        return {"boxes": [b.to_dict() for b in boxes], "width": img.shape[2],
+                "height": img.shape[1], "ms": round(ms, 1), "size": size, "score": score,
+                "engine": "onnxruntime" if det.backend == "onnx" else "torch"}
+
+
+def uploaded_image(data: bytes, limits: Limits) -> torch.Tensor:
+    """An uploaded image file at its own size, uint8 (3, H, W), after the checks every
+    upload gets (store.canonical_image's): its bytes, its type from its content, its
+    pixel count from its header before anything is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..data import decode_image
+
+    if len(data) > limits.file_bytes:
+        raise TooLarge(f"file of {len(data):,} bytes is over the limit of {limits.file_bytes:,}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (w, h) = img.format, img.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise UnsupportedImage("not an image file; accepted: JPEG, PNG, WebP, GIF") from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise UnsupportedImage(f"{fmt} images are not accepted; accepted: "
+                               f"{', '.join(ACCEPTED_FORMATS.values())}")
+    if w * h > limits.pixels:
+        raise TooLarge(f"{w}x{h} image is over the limit of {limits.pixels:,} pixels")
+    return decode_image(data, 3)
+
+
+def _detect_routes(faces: FaceDetection) -> APIRouter:
+    """Faces in an image (the Detect view, live on the webcam)."""
+    router = APIRouter()
+
+    @router.post("/api/detect", summary="The faces in one image (TinyYOLOv2, face-api's weights)",
+                 description="The image as the raw request body or as multipart field 'file'. "
+                             f"?score=MIN (0..1, default {DETECT_SCORE}) keeps boxes scoring at "
+                             f"least that; ?size=N (a multiple of 32, default {DETECT_SIZE}) "
+                             "scales the image so its longer side is N pixels for the network. "
+                             "'boxes': [{'box': [x1, y1, x2, y2] in the image's pixels, "
+                             "'score', 'label'}], best first; 'width', 'height' of the image; "
+                             "'ms' the detection's time on the server. 503 when the face "
+                             "detector's weights are not installed.")
+    async def detect(request: Request, score: float = DETECT_SCORE,
+                     size: int = DETECT_SIZE) -> dict:
+        from ..detect import check_options
+        from ..tasks.detection import DEFAULT_IOU
+
+        check_options(size, score, DEFAULT_IOU)
+        data = await _image_from(request)
+
+        def work() -> dict:
+            img = uploaded_image(data, faces.limits)                 # (3, H, W)
+            try:   # after the request's own faults (4xx): the server's (503)
+                faces.detector()
+            except ConvlabError as exc:   # the weights are missing or damaged
+                raise HTTPException(503, f"the face detector is not available: {exc}") from None
+            return faces.detect(img, size=size, score=score)
+        return await run_in_threadpool(work)
 
     return router
 

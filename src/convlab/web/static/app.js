@@ -3,9 +3,11 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const state = { project: null, stream: null, previewing: false, recording: null, polling: null,
-                info: null, imagenet: false };
+                info: null, imagenet: false, detecting: 0 };   // detecting: the live loop's number, 0 when off
 const FRAME = 256;          // frames are sent as the centre square at 256x256, like stored samples
 const RECORD_FPS = 8;
+const DETECT_WIDTH = 320;   // the Detect view sends whole frames 320 pixels wide (320x240 at 4:3)
+const DETECT_SIZE = 320;    // ... and the network sees them at that size (320x256 after padding)
 
 async function api(method, path, body, raw) {
   const opts = { method, headers: {} };
@@ -196,6 +198,10 @@ async function startWebcam() {
   v.srcObject = state.stream;
   await v.play();
   $("#webcam-off").hidden = true; v.hidden = false;
+  const dv = $("#detect-video");
+  dv.srcObject = state.stream;
+  await dv.play();
+  $("#detect-off").hidden = true; dv.hidden = false;
   $("#webcam-toggle").textContent = "Stop webcam";
   $("#webcam-toggle").classList.add("active");
   return true;
@@ -206,8 +212,10 @@ function stopWebcam() {
   for (const t of state.stream.getTracks()) t.stop();
   state.stream = null;
   state.previewing = false;
+  state.detecting = 0;
   $("#preview-toggle").classList.remove("active");
   $("#video").hidden = true; $("#webcam-off").hidden = false;
+  $("#detect-video").hidden = true; $("#detect-off").hidden = false;
   $("#webcam-toggle").textContent = "Start webcam";
   $("#webcam-toggle").classList.remove("active");
 }
@@ -523,6 +531,123 @@ async function classifyFile(file) {
   });
 }
 
+// -------------------------------------------------------------------- detect
+// The Detect view: faces on the live webcam (as on the lecture's Cozmo). One request at
+// a time: the next frame is grabbed when the last answer is drawn, so the boxes lag the
+// video by one round trip and the measured rate is what the whole loop achieves.
+const detectFrame = document.createElement("canvas");
+
+function grabDetectFrame() {
+  // The whole frame, DETECT_WIDTH pixels wide, as a JPEG blob (the server's boxes are in
+  // these pixels).
+  const v = $("#detect-video");
+  if (!v.videoWidth) return Promise.resolve(null);
+  detectFrame.width = DETECT_WIDTH;
+  detectFrame.height = Math.round(DETECT_WIDTH * v.videoHeight / v.videoWidth);
+  detectFrame.getContext("2d").drawImage(v, 0, 0, detectFrame.width, detectFrame.height);
+  return new Promise(resolve => detectFrame.toBlob(resolve, "image/jpeg", 0.85));
+}
+
+function drawBoxes(r) {
+  // The canvas lies over the video at twice the frame's resolution, for sharp labels.
+  const c = $("#detect-canvas");
+  const k = c.width / r.width;
+  if (Math.round(r.height * k) !== c.height) {
+    c.height = Math.round(r.height * k);
+    $("#detect-stage").style.aspectRatio = `${r.width} / ${r.height}`;
+  }
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  ctx.lineWidth = 3;
+  ctx.font = "bold 20px system-ui, sans-serif";
+  ctx.textBaseline = "bottom";
+  for (const b of r.boxes) {
+    const [x1, y1, x2, y2] = b.box.map(v => v * k);
+    ctx.strokeStyle = "#ffd400";
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    const text = `${b.label} ${b.score.toFixed(2)}`;
+    const w = ctx.measureText(text).width + 8;
+    const top = y1 >= 24 ? y1 - 24 : y2;           // above the box, or below it at the top edge
+    const left = Math.max(0, Math.min(x1 - 1.5, c.width - w));   // inside at the sides
+    ctx.fillStyle = "#ffd400";
+    ctx.fillRect(left, top, w, 24);
+    ctx.fillStyle = "#111";
+    ctx.fillText(text, left + 4, top + 22);
+  }
+}
+
+function clearDetect() {
+  const c = $("#detect-canvas");
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  const stage = $("#detect-stage");
+  stage.dataset.boxes = "[]"; stage.dataset.fps = "0"; stage.dataset.ms = ""; stage.dataset.frames = "0";
+  $("#detect-faces").textContent = ""; $("#detect-rate").textContent = "";
+}
+
+let detectRuns = 0;
+
+async function detectLoop(run) {
+  // `run` ends when state.detecting changes: stopped, or stopped and started again (a
+  // loop still waiting for its last answer then ends instead of running beside the new one)
+  const stage = $("#detect-stage");
+  const times = [];
+  let frames = 0;
+  while (state.detecting === run && state.stream) {
+    const frame = await grabDetectFrame();
+    if (!frame) { await new Promise(r => setTimeout(r, 50)); continue; }
+    const score = Number($("#detect-score").value);
+    try {
+      const r = await api("POST", `/api/detect?score=${score}&size=${DETECT_SIZE}`, undefined, frame);
+      if (state.detecting !== run) break;
+      drawBoxes(r);
+      const now = performance.now();
+      times.push(now);
+      while (times.length && now - times[0] > 2000) times.shift();   // the rate over the last 2 s
+      const fps = times.length > 1 ? (times.length - 1) * 1000 / (now - times[0]) : 0;
+      stage.dataset.boxes = JSON.stringify(r.boxes);
+      stage.dataset.frames = String(++frames);
+      stage.dataset.ms = String(r.ms);
+      stage.dataset.fps = fps.toFixed(1);
+      const n = r.boxes.length;
+      $("#detect-faces").textContent = `${n} face${n === 1 ? "" : "s"}`;
+      if (times.length > 1) $("#detect-rate").textContent =
+        `${fps.toFixed(1)} frames/s · ${r.ms} ms on the server (${r.engine})`;
+    } catch (e) {
+      if (state.detecting === run) { say(e.message); state.detecting = 0; }
+    }
+  }
+  if (state.detecting === run) state.detecting = 0;
+  if (!state.detecting) {   // stopped: no boxes over the live video (the numbers stay)
+    const c = $("#detect-canvas");
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+    $("#detect-toggle").textContent = "Start detecting";
+    $("#detect-toggle").classList.remove("active");
+  }
+}
+
+async function toggleDetect() {
+  if (state.detecting) { state.detecting = 0; return; }
+  if (!(await startWebcam())) return;
+  state.previewing = false;   // one live loop at a time: the teach preview stops
+  clearDetect();
+  state.detecting = ++detectRuns;
+  $("#detect-toggle").textContent = "Stop detecting";
+  $("#detect-toggle").classList.add("active");
+  detectLoop(state.detecting);
+}
+
+function showView(view) {
+  const detect = view === "detect";
+  $("#teach-view").hidden = detect;
+  $("#projectbar").hidden = detect;
+  $("#detect-view").hidden = !detect;
+  $("#tab-teach").setAttribute("aria-selected", String(!detect));
+  $("#tab-detect").setAttribute("aria-selected", String(detect));
+  if (!detect) state.detecting = 0;
+  else state.previewing = false;
+  history.replaceState(null, "", detect ? "#detect" : location.pathname + location.search);
+}
+
 // -------------------------------------------------------------------- export
 async function exportProject() {
   const box = $("#export-result");
@@ -597,6 +722,16 @@ function setup() {
   drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("drag"); classifyFile(e.dataTransfer.files[0]); });
   $("#preview-file").addEventListener("change", e => { classifyFile(e.target.files[0]); e.target.value = ""; });
   $("#export").addEventListener("click", exportProject);
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    tab.addEventListener("click", () => showView(tab.dataset.view));
+  }
+  $("#detect-toggle").addEventListener("click", toggleDetect);
+  $("#detect-score").addEventListener("input", e => {
+    $("#detect-score-value").textContent = Number(e.target.value).toFixed(2);
+  });
+  const viewOfUrl = () => showView(location.hash === "#detect" ? "detect" : "teach");
+  window.addEventListener("hashchange", viewOfUrl);
+  viewOfUrl();
   $("#video").hidden = true;
   syncHeadFields();
   guarded(async () => { await loadBackbones(); await loadProjects(); });
