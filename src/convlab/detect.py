@@ -72,8 +72,10 @@ class Detector:
         self._session = None
         self._lock = threading.Lock()
         if backend == "onnx":
-            self._session = _onnx_session(model, preprocess, Path(onnx_file) if onnx_file else None,
-                                          threads)
+            if onnx_file is None:
+                raise ConfigError("the onnx backend needs onnx_file (where the exported model is "
+                                  "or goes)")
+            self._session = _onnx_session(model, preprocess, Path(onnx_file), threads)
 
     @property
     def channels(self) -> int:
@@ -127,20 +129,19 @@ def check_options(size: int, score: float, iou: float) -> None:
         raise ConfigError(f"--iou must lie in (0, 1]; got {iou}")
 
 
-def _onnx_session(model: nn.Module, preprocess: Preprocess, path: Path | None, threads: int | None):
+def _onnx_session(model: nn.Module, preprocess: Preprocess, path: Path, threads: int | None):
     """An ONNX Runtime session of `model` with dynamic batch, height and width: the file
-    at `path` when it exists, else exported there (or to a temporary file)."""
-    import tempfile
-
+    at `path` when it exists, else exported there first (atomically)."""
     import onnxruntime as ort
 
     from .export import export_onnx_file
+    from .files import atomic_path
 
-    if path is None or not path.is_file():
-        target = path or Path(tempfile.mkdtemp(prefix="convlab-detect-")) / "model.onnx"
-        export_onnx_file(model, torch.zeros(1, preprocess.channels, 224, 224), target,
-                         dynamic_size=True)
-        path = target
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            export_onnx_file(model, torch.zeros(1, preprocess.channels, 224, 224), tmp,
+                             dynamic_size=True)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -148,13 +149,17 @@ def _onnx_session(model: nn.Module, preprocess: Preprocess, path: Path | None, t
 
 
 def _face_detector(**kw) -> Detector:
+    from .files import cache_root
     from .models import create_model
-    from .models.detector import FACE_ANCHORS, FACE_MEAN, load_face_api
+    from .models.detector import FACE_ANCHORS, FACE_MEAN, face_weights_id, load_face_api
 
     model = load_face_api(create_model("tiny_yolo_face", num_classes=1, detect=True,
                                        anchors=FACE_ANCHORS, batchnorm=False))
     pre = Preprocess(3, (416, 416), "letterbox", mean=FACE_MEAN, std=(1.0, 1.0, 1.0))
-    return Detector(model, DetectionTask(FACE_ANCHORS, 1), ["face"], pre, name=DEFAULT_MODEL, **kw)
+    # its ONNX export, made once per weights and torch version
+    onnx_file = cache_root() / "detect" / f"{DEFAULT_MODEL}-{face_weights_id()}-torch{torch.__version__}.onnx"
+    return Detector(model, DetectionTask(FACE_ANCHORS, 1), ["face"], pre, name=DEFAULT_MODEL,
+                    onnx_file=onnx_file, **kw)
 
 
 def load_detector(model: str | os.PathLike = DEFAULT_MODEL, *, size: int | None = None,
@@ -162,7 +167,7 @@ def load_detector(model: str | os.PathLike = DEFAULT_MODEL, *, size: int | None 
                   threads: int | None = None) -> Detector:
     """`tiny_face` (the lecture's network with face-api's weights) or a detection run
     directory. With backend 'onnx' a run uses RUN/model.onnx (made by `convlab export`,
-    or here on first use); tiny_face is exported into a temporary file."""
+    or here on first use); tiny_face is exported once into ~/.cache/convlab/detect."""
     if os.fspath(model) == DEFAULT_MODEL:
         return _face_detector(size=size or 416, score=score, iou=iou, backend=backend,
                               threads=threads)

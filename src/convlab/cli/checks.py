@@ -14,15 +14,15 @@ __all__ = ["register"]
 
 
 def _load_for_model(args: argparse.Namespace, config: TrainConfig):
-    """(training images, fresh model, preprocessing) for DATA and --model."""
+    """(training images, fresh model, preprocessing, task) for DATA and --model."""
     from ..models import model_spec
-    from ..training.run import model_for_data, prepare_data
+    from ..training.run import model_for_data, prepare_data, task_for
 
     model_spec(args.model)  # an unknown name fails before any data is loaded
     train_set, _, _ = prepare_data(args.dataset, config, channels=args.channels,
                                    size=args.image_size)
-    model, preprocess, _ = model_for_data(args.model, train_set, channels=args.channels)
-    return train_set, model, preprocess
+    model, preprocess, kwargs = model_for_data(args.model, train_set, channels=args.channels)
+    return train_set, model, preprocess, task_for(train_set, kwargs)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -34,10 +34,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
                          momentum=args.momentum, weight_decay=args.weight_decay, loss=args.loss,
                          val_split=0.0, seed=args.seed, precision=args.precision)
     device = resolve_device(args.device)
-    data, model, preprocess = _load_for_model(args, config)
+    data, model, preprocess, task = _load_for_model(args, config)
     print(f"{data.describe()}; {args.optimizer}, batch {args.batch_size}, lr {args.start_lr:g} "
           f"-> {args.end_lr:g} over {args.steps} steps")
-    result = lr_find(model, data, preprocess, config=config, start_lr=args.start_lr,
+    result = lr_find(model, data, preprocess, config=config, task=task, start_lr=args.start_lr,
                      end_lr=args.end_lr, steps=args.steps, device=device)
     out = Path(args.out) if args.out else Path("runs") / f"lr-find-{args.model}-{Path(args.dataset).name}.png"
     plot_lr_find(result, out, title=f"{args.model} on {data.name}, {args.optimizer}, "
@@ -56,7 +56,12 @@ def cmd_overfit(args: argparse.Namespace) -> int:
     from ..training import resolve_device
     from ..training.sanity import overfit
 
-    data, model, preprocess = _load_for_model(args, TrainConfig(val_split=0.0, seed=args.seed))
+    data, model, preprocess, task = _load_for_model(args, TrainConfig(val_split=0.0, seed=args.seed))
+    if task.name != "classification":
+        from ..errors import ConfigError
+        raise ConfigError(f"overfit memorises a few images until every one is classified right; "
+                          f"for {task.name} data use lr-find, or train on a few images: "
+                          f"convlab train DATA --val-split 0 and watch the loss")
     result = overfit(model, data, preprocess, n=args.n, lr=args.lr, max_epochs=args.max_epochs,
                      seed=args.seed, device=resolve_device(args.device))
     step = max(1, result.epochs // 10)

@@ -30,7 +30,8 @@ class Batches:
     The uint8 images move to `device` once. With shuffle, each epoch's order comes from
     (seed, epoch); with world_size > 1 each global batch of `batch_size` is split across
     ranks (rank r takes every world_size-th sample), so the ranks together see exactly
-    what one process would. `augment` (float 0..1 batch -> batch) runs before
+    what one process would. `augment` (float 0..1 batch -> batch; with an attribute
+    with_targets, (batch, targets) -> both, as detection's BoxJitter) runs before
     normalisation, only where it is given (training). A FeatureSet (preprocess None)
     yields its feature rows as they are.
     """
@@ -78,9 +79,12 @@ class Batches:
                 yield self.images[idx], self.labels[idx]  # feature rows (B, D)
                 continue
             x = self.preprocess.fit(self.images[idx]).float().div_(255.0)  # (B, C, H, W) 0..1
-            if self.augment is not None:
+            y = self.labels[idx]
+            if getattr(self.augment, "with_targets", False):  # moves boxes with the pixels
+                x, y = self.augment(x, y)
+            elif self.augment is not None:
                 x = self.augment(x)
             x = self.preprocess.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield x, y

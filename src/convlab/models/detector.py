@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import ModelError, NotFound
 
 __all__ = ["TinyYoloDetector", "FACE_ANCHORS", "FACE_MEAN", "FACE_API", "face_api_dir",
-           "load_face_api", "head_channels"]
+           "face_api_state", "face_weights_id", "load_face_api", "head_channels"]
 
 # src/tinyFaceDetector/const.ts: anchors (width, height) in grid cells, mean RGB in 0..255
 FACE_ANCHORS = ((1.603231, 2.094468), (6.041143, 7.080126), (2.882459, 3.518061),
@@ -52,22 +52,19 @@ def head_channels(num_classes: int, num_anchors: int = 5) -> int:
     return num_anchors * (5 + (num_classes if num_classes > 1 else 0))
 
 
-class _SamePool(nn.Module):
+class _SamePool(nn.MaxPool2d):
     """TensorFlow's 2x2 'same' max pool, padding on the bottom/right: at stride 2 that is
-    ceil_mode (an odd side keeps its last row), at stride 1 an edge copy (which leaves
-    every maximum as it is). Both trace to ONNX for inputs of any size."""
+    ceil_mode (an odd side keeps its last row), at stride 1 an edge copy first (which
+    leaves every maximum as it is). Both trace to ONNX for inputs of any size, and
+    inspect counts it as the max pool it is."""
 
     def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
+        super().__init__(2, stride, ceil_mode=stride == 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
-            return F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, 1)
-        return F.max_pool2d(x, 2, self.stride, ceil_mode=True)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size=2, stride={self.stride}, padding='same'"
+            x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+        return super().forward(x)
 
 
 class _Separable(nn.Sequential):
@@ -125,6 +122,11 @@ def face_api_dir() -> Path:
     raise NotFound(f"the face detector's weights ({FACE_API}) are not installed; looked in "
                    f"{', '.join(map(str, cands))}. Run `make venv`, or: npm install --prefix "
                    f"{Path(sys.prefix) / 'share/convlab/npm'} {FACE_API}")
+
+
+def face_weights_id() -> str:
+    """A short identity of the face-api weights, for cache keys."""
+    return _FACE_FILES["tiny_face_detector_model.bin"][:8]
 
 
 def _read_checked(path: Path) -> bytes:

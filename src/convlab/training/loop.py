@@ -103,7 +103,9 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     from ..data.augment import make_augment
     from .regularize import craft_callbacks
     callbacks = [*craft_callbacks(config), *callbacks]
-    if augment is None:
+    if augment is None and hasattr(task, "augment"):  # a task's own (box-aware) augmentation
+        augment = task.augment(config)
+    elif augment is None:
         augment = make_augment(config.augment, preprocess.size) if preprocess is not None else None
     state = TrainState(model, optimizer, config)
     start_epoch = _resume(run_dir, model, optimizer, callbacks, state) if resume else 0

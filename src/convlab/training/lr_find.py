@@ -20,6 +20,7 @@ from ..config import TrainConfig
 from ..data import ImageSet, Preprocess
 from ..errors import ConfigError, TrainingError
 from ..progress import progress
+from ..tasks import CLASSIFICATION, Task
 from .callbacks import Callback, TrainState
 from .loop import fit
 
@@ -48,7 +49,7 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
             config: TrainConfig = TrainConfig(), start_lr: float = 1e-7, end_lr: float = 10.0,
             steps: int = 100, beta: float = 0.9, diverge: float = 4.0,
             device: str | torch.device = "cpu", verbose: bool = True,
-            augment: Callable | None = None) -> LRFindResult:
+            augment: Callable | None = None, task: Task = CLASSIFICATION) -> LRFindResult:
     """Run the range test on `model` with `config`'s optimizer, loss and batch size.
 
     The learning rate goes from `start_lr` to `end_lr` geometrically over `steps`
@@ -79,7 +80,7 @@ def lr_find(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
                          patience=0, val_split=0.0, epochs=-(-steps // -(-len(data) // batch_size)))
     try:
         fit(model, data, config=run, preprocess=preprocess, callbacks=[recorder], device=device,
-            augment=augment, verbose=False)
+            augment=augment, task=task, verbose=False)
     except TrainingError:  # the loss became NaN or infinite: the range test's divergence
         if not recorder.started:
             raise
