@@ -22,8 +22,8 @@ from .._version import __version__
 from ..files import cache_root
 from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFound, TooLarge,
                       UnsupportedImage, unknown)
-from .learn import (_ONNX_EXPORT, HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones,
-                    Previewer, TorchBackbone, TrainOptions, export_project)
+from .learn import (HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones, Previewer,
+                    TorchBackbone, TrainOptions, export_project)
 from .looks import WhereItLooks
 from .security import Guard
 from .store import ACCEPTED_FORMATS, DEFAULT_BACKBONE, Limits, Store, check_name
@@ -327,9 +327,7 @@ class FaceDetection:
         with self._lock:
             if self._detector is None:
                 try:
-                    with _ONNX_EXPORT:   # torch.onnx.export keeps global state
-                        det = load_detector("tiny_face", size=DETECT_SIZE, backend="onnx",
-                                            threads=1)
+                    det = load_detector("tiny_face", size=DETECT_SIZE, backend="onnx", threads=1)
                 except ConvlabError:
                     raise
                 except Exception as exc:  # onnx or onnxruntime failed: torch runs the same net

@@ -44,9 +44,6 @@ IMAGENET_MODEL = "mobilenet_v2"  # the lecture's Cozmo demo: ImageNet top-5 of t
 HEADS = ("knn", "linear", "mlp")
 _EMBED_BATCH = 16   # images per embedding step (and per progress update)
 _EXPORT_SWAP = threading.Lock()   # moves a finished export into place
-# torch.onnx.export keeps global state (two at once fail: "in_onnx_export must be False"):
-# the backbones' and the projects' ONNX exports take turns
-_ONNX_EXPORT = threading.Lock()
 # What the `augment` option turns on: the framing and light a webcam varies. A crop of
 # half the area or more (scaled back), a mirror image half the time, brightness,
 # contrast and saturation x0.8-1.2.
@@ -344,8 +341,8 @@ class OnnxBackbone:
                                          model_spec(self.name).head).eval()
             meta = {"kind": "backbone", "classes": [], "model": {"name": self.name},
                     "preprocess": backbone_preprocess(self.name).to_dict()}
-            with _ONNX_EXPORT:
-                export_run(Run(self.path.parent, meta, extractor), "onnx", out=self.path)
+            # ONNX exports take turns inside export.export_onnx_file (global exporter state)
+            export_run(Run(self.path.parent, meta, extractor), "onnx", out=self.path)
         model = OnnxModel(self.path, threads=1)
         model.pre = model.preprocess
         return model
@@ -496,8 +493,7 @@ def export_project(store: Store, pid: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=exports))
     try:
         shutil.copytree(store.model_dir / str(model["id"]), tmp / "run")
-        with _ONNX_EXPORT:
-            onnx = export_run(tmp / "run", "onnx", out=tmp / "model.onnx")
+        onnx = export_run(tmp / "run", "onnx", out=tmp / "model.onnx")
         classes, labels, shas = store.project_samples(pid)
         with zipfile.ZipFile(tmp / "dataset.zip", "w", zipfile.ZIP_STORED) as zf:
             for label, sha in zip(labels, shas):  # names were checked: one safe path part each
