@@ -105,6 +105,23 @@ def test_region_loss_is_lowest_for_the_right_box_and_trains():
     assert x.grad.abs().sum() > 0
 
 
+def test_box_jitter_moves_boxes_with_the_pixels():
+    from convlab.tasks.detection import BoxJitter
+
+    torch.manual_seed(0)
+    x = torch.zeros(8, 1, 64, 64)
+    x[:, :, 16:32, 24:48] = 1.0  # a 24x16 white rectangle: cx 36, cy 24
+    box = torch.tensor([[[0, 36 / 64, 24 / 64, 24 / 64, 16 / 64]]]).repeat(8, 1, 1)
+    y, t = BoxJitter(0.2, hflip=0.5)(x, box)
+    for img, (c, cx, cy, w, h) in zip(y[:, 0], t[:, 0].tolist()):
+        if c < 0:
+            continue  # pushed mostly out of the picture: dropped
+        ys, xs = torch.nonzero(img > 0.5, as_tuple=True)
+        ink = [xs.min() / 64, ys.min() / 64, (xs.max() + 1) / 64, (ys.max() + 1) / 64]
+        got = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        assert got == pytest.approx([float(v) for v in ink], abs=1.5 / 64)
+
+
 def test_kmeans_anchors_find_two_shapes():
     wh = torch.cat([torch.full((30, 2), 1.0) + 0.01 * torch.randn(30, 2),
                     torch.tensor([[4.0, 2.0]]).repeat(30, 1)])
@@ -160,6 +177,7 @@ def test_yolo_folder_letterboxes_images_and_boxes(tmp_path):
     ("2 0.5 0.5 0.2 0.2", r"im00.txt line 2: class id 2 is out of range; valid: 0..1"),
     ("0 0.5 0.5 0 0.2", r"im00.txt line 2: the box has zero area"),
     ("x 0.5 0.5 0.2 0.2", r"im00.txt line 2: the class id must be an integer"),
+    ("0 0.95 0.5 0.3 0.2", r"im00.txt line 2: the box reaches past the image's edge"),
 ])
 def test_bad_label_lines_name_file_and_line(tmp_path, line, message):
     root = _shapes_folder(tmp_path / "bad", n=2)
@@ -199,12 +217,14 @@ def test_detection_run_trains_evaluates_predicts_exports_and_detects(tmp_path, c
                      "--epochs", "30", "--batch-size", "8", "--lr", "0.002", "--val-split", "0.2",
                      "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "val_mAP50:" in out and "val_mAP50-95:" in out and "acc:" not in out.split("\n")[1]
+    epochs = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert len(epochs) == 30 and all("val_mAP50:" in e and "val_mAP50-95:" in e and " acc:" not in e
+                                     for e in epochs)
     meta = json.loads((run / "meta.json").read_text())
     assert meta["task"] == "detection" and len(meta["detection"]["anchors"]) == 5
     assert meta["preprocess"]["resize"] == "letterbox" and meta["classes"] == ["square", "bar"]
     assert meta["model"]["kwargs"]["detect"] is True
-    assert meta["metrics"][-1]["val_acc"] > 0.5  # mAP50 of two easy shapes after 40 epochs
+    assert meta["metrics"][-1]["val_acc"] > 0.5  # mAP50 of two easy shapes after 30 epochs
 
     assert main(["evaluate", str(run), str(root)]) == 0
     text = capsys.readouterr().out
@@ -239,7 +259,9 @@ def test_a_classifier_run_is_refused_by_detect(tmp_path, capsys):
     train(data, "mnist_linear", TrainConfig(epochs=1), out=tmp_path / "cls", verbose=False)
     with pytest.raises(CheckpointError, match="classification run; detect needs a detection run"):
         load_detector(tmp_path / "cls")
+    Image.new("RGB", (64, 48)).save(tmp_path / "x.png")
     assert main(["detect", str(tmp_path / "x.png"), "--model", str(tmp_path / "cls")]) != 0
+    assert "classification run; detect needs a detection run" in capsys.readouterr().err
 
 
 def test_detect_options_are_checked(capsys):
@@ -247,8 +269,18 @@ def test_detect_options_are_checked(capsys):
     assert "multiple of 32" in capsys.readouterr().err
     assert main(["detect", "nothing.jpg", "--score", "2"]) != 0
     assert "--score must lie in 0..1" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="valid for detection: jitter, lighting"):
-        DetectionTask(FACE_ANCHORS, 1).check_config(TrainConfig(augment=AugmentConfig(hflip=0.5)))
+    task = DetectionTask(FACE_ANCHORS, 1)
+    task.check_config(TrainConfig(augment=AugmentConfig(hflip=0.5, jitter=0.2)))  # box-aware, colour
+    with pytest.raises(ConfigError, match="move or hide pixels without their boxes: rotate"):
+        task.check_config(TrainConfig(augment=AugmentConfig(rotate=10)))
+
+
+def test_json_keeps_paths_and_puts_each_box_on_a_line():
+    from convlab.detect import Box, result_json
+
+    text = result_json([("a[  b ].jpg", [Box(1.0, 2.0, 3.0, 4.0, 0.5, "face")])])
+    assert json.loads(text)[0]["image"] == "a[  b ].jpg"
+    assert '{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": "face"}' in text
 
 
 def test_save_labels_writes_a_yolo_folder_that_loads(tmp_path, capsys):
@@ -258,3 +290,23 @@ def test_save_labels_writes_a_yolo_folder_that_loads(tmp_path, capsys):
     assert (tmp_path / "drawn" / "sample2.jpg").is_file()
     data = load_dataset(out, size=224)
     assert data.classes == ["face"] and len(data.rows()) == 1
+
+
+def test_detection_trains_and_evaluates_on_two_processes(tmp_path):
+    """Under torchrun the ranks gather their boxes for one mAP (7 validation images:
+    the ranks hold 4 and 3), and the closing evaluation on rank 0 alone does not wait
+    for the others."""
+    import subprocess
+    import sys
+
+    root = _shapes_folder(tmp_path / "shapes", n=28, seed=2)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "convlab", "train", str(root), "--model",
+                           "tiny_yolo_face", "--image-size", "64", "--epochs", "2",
+                           "--batch-size", "8", "--val-split", "0.25", "--nproc", "2",
+                           "--device", "cpu", "--out", str(run)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("val_mAP50:") == 2 and "run saved in" in proc.stdout
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["task"] == "detection" and evaluation["n"] == 7

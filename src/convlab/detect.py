@@ -117,8 +117,10 @@ class Detector:
         ih, iw = image.shape[-2:]
         pix[:, 0::2] = pix[:, 0::2].clamp(0, iw)
         pix[:, 1::2] = pix[:, 1::2].clamp(0, ih)
+        # a box that lay in the letterbox's padding has no area left in the image
         return [Box(*map(float, b), float(s), self.classes[int(k)])
-                for b, s, k in zip(pix.tolist(), det.scores, det.labels)]
+                for b, s, k in zip(pix.tolist(), det.scores, det.labels)
+                if b[2] > b[0] and b[3] > b[1]]
 
 
 def check_options(size: int, score: float, iou: float) -> None:
@@ -135,9 +137,7 @@ def check_options(size: int, score: float, iou: float) -> None:
 def _onnx_session(model: nn.Module, preprocess: Preprocess, path: Path, threads: int | None):
     """An ONNX Runtime session of `model` with dynamic batch, height and width: the file
     at `path` when it exists, else exported there first (atomically)."""
-    import onnxruntime as ort
-
-    from .export import export_onnx_file
+    from .export import OnnxModel, export_onnx_file
     from .files import atomic_path
 
     if not path.is_file():
@@ -145,10 +145,7 @@ def _onnx_session(model: nn.Module, preprocess: Preprocess, path: Path, threads:
         with atomic_path(path) as tmp:
             export_onnx_file(model, torch.zeros(1, preprocess.channels, 224, 224), tmp,
                              dynamic_size=True)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return OnnxModel(path, threads=threads).session
 
 
 def _face_detector(**kw) -> Detector:
@@ -186,6 +183,9 @@ def load_detector(model: str | os.PathLike = DEFAULT_MODEL, *, size: int | None 
     if not isinstance(task, DetectionTask):
         raise CheckpointError(f"{path} is a {task.name} run; detect needs a detection run "
                               f"(train one on a detection dataset), or use: convlab predict {path}")
+    if backend == "onnx" and not (path / EXPORT_FILES["onnx"]).is_file():
+        from .export import export_run
+        export_run(run, "onnx")  # as `convlab export RUN` does: parity-checked, with meta
     return Detector(run.model, task, run.classes, run.preprocess,
                     size=size or run.preprocess.size[0], score=score, iou=iou, backend=backend,
                     onnx_file=path / EXPORT_FILES["onnx"], threads=threads, name=str(path))
@@ -227,9 +227,13 @@ def yolo_lines(boxes: list[Box], classes: list[str], width: int, height: int) ->
 
 def result_json(results: list[tuple[str, list[Box]]]) -> str:
     """`convlab detect --json`: [{"image": PATH, "boxes": [{"box", "score", "label"}]}]."""
-    text = json.dumps([{"image": p, "boxes": [b.to_dict() for b in boxes]} for p, boxes in results],
+    # each box on one line: indent the document around placeholders, then put them in
+    rows = []
+
+    def slot(b: Box) -> str:
+        rows.append(json.dumps(b.to_dict()))
+        return f"\0box{len(rows) - 1}\0"
+    text = json.dumps([{"image": p, "boxes": [slot(b) for b in boxes]} for p, boxes in results],
                       indent=1)
-    # each box's four numbers on one line
-    return re.sub(r"\[\s*([^\[\]{}\s][^\[\]{}]*?)\s*\]",
-                  lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    return re.sub(r'"\\u0000box(\d+)\\u0000"', lambda m: rows[int(m.group(1))], text)
 

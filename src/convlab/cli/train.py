@@ -67,10 +67,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = args.split or ("test" if has_test_split(name) else "train")
         data = load_dataset(name, split, channels=pre.channels,
                             size=None if name in list_datasets() else pre.size[0])
+    task = task_of(run.meta)
+    data_task = getattr(data, "task", "classification")
+    if data_task != task.name:
+        raise CheckpointError(f"{args.run_dir} is a {task.name} run but {name} is {data_task} "
+                              f"data; evaluate it on {task.name} data")
     if list(data.classes) != run.classes:
         raise CheckpointError(f"the run's classes {run.classes} differ from the dataset's "
                               f"{list(data.classes)}; evaluate on data with the same classes")
-    result = evaluate(run.model, data, pre, device=device, task=task_of(run.meta))
+    result = evaluate(run.model, data, pre, device=device, task=task)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -20,7 +20,8 @@ from ..errors import DatasetError
 from .detectionset import DetectionSet, pad_boxes
 from .images import decode_image, letterbox, list_images
 
-__all__ = ["is_yolo_folder", "load_yolo_folder", "read_label_file", "YOLO_LAYOUT"]
+__all__ = ["is_yolo_folder", "load_yolo_folder", "read_label_file", "read_classes", "has_split",
+           "YOLO_LAYOUT"]
 
 YOLO_LAYOUT = "FOLDER/images/*.jpg with FOLDER/labels/*.txt ('class cx cy w h' per line, 0..1)"
 _TEST_SPLITS = ("val", "test")
@@ -45,10 +46,12 @@ def _split_dirs(root: Path, split: str) -> tuple[Path, Path] | None:
 
 
 def has_split(root: str | os.PathLike, split: str) -> bool:
+    """Whether the folder has that split ('train', or 'test' from images/val or test)."""
     return _split_dirs(Path(root), split) is not None
 
 
 def read_classes(root: Path) -> list[str] | None:
+    """The names in FOLDER/classes.txt, one per line, or None without the file."""
     f = root / "classes.txt"
     if not f.is_file():
         return None
@@ -56,6 +59,17 @@ def read_classes(root: Path) -> list[str] | None:
     if not names:
         raise DatasetError(f"{f}: no class names (one per line)")
     return names
+
+
+def _largest_class(labels: Path) -> int:
+    """The largest class id in any label file under `labels` (0 when there is none)."""
+    top = 0
+    for f in labels.rglob("*.txt"):
+        for line in f.read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0].lstrip("-").isdigit():
+                top = max(top, int(fields[0]))
+    return top
 
 
 def read_label_file(path: Path, num_classes: int | None) -> torch.Tensor:
@@ -90,6 +104,10 @@ def read_label_file(path: Path, num_classes: int | None) -> torch.Tensor:
                                    f"are fractions of the image's width and height)")
         if w * h <= 0:
             raise DatasetError(f"{where}: the box has zero area (w {w:g}, h {h:g})")
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        if min(x1, y1) < -1e-4 or max(x2, y2) > 1 + 1e-4:
+            raise DatasetError(f"{where}: the box reaches past the image's edge (x {x1:.4g}.."
+                               f"{x2:.4g}, y {y1:.4g}..{y2:.4g}); clip it to 0..1")
         rows.append([cls, cx, cy, w, h])
     return torch.tensor(rows, dtype=torch.float32).view(-1, 5)
 
@@ -136,8 +154,7 @@ def load_yolo_folder(root: str | os.PathLike, split: str = "train", *, size: int
             raise DatasetError(msg.replace("were taken as negatives", "would be negatives"))
         warnings.warn(msg, stacklevel=2)
     targets = pad_boxes(boxes)
-    if classes is None:
-        k = int(targets[..., 0].max()) + 1 if (targets[..., 0] >= 0).any() else 1
-        classes = [str(i) for i in range(k)]
+    if classes is None:  # every split's labels count, so train and val get the same classes
+        classes = [str(i) for i in range(_largest_class(root / "labels") + 1)]
     return DetectionSet(torch.stack(images), targets, classes, str(root),
                         {"source": "yolo", "root": str(root), "split": split, "size": size})

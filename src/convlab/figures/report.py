@@ -185,7 +185,9 @@ def _metrics_table(metrics: list[dict]) -> str:
     """One row per epoch. Columns no epoch has a value for (validation, without a
     validation split) are left out, and so are callback extras that repeat a column
     (the schedule puts `lr` on the epoch line too)."""
-    columns = [(h, k) for h, k in _EPOCH_COLUMNS if any(m.get(k) is not None for m in metrics)]
+    score = metrics[-1].get("val_metric", "acc") if metrics else "acc"  # detection: mAP50
+    columns = [(f"val {score}" if k == "val_acc" and score != "acc" else h, k)
+               for h, k in _EPOCH_COLUMNS if any(m.get(k) is not None for m in metrics)]
     extra = sorted({k for m in metrics for k in m.get("extra", {})} - {k for _, k in _EPOCH_COLUMNS})
     rows = [[m.get(k) for _, k in columns] + [m.get("extra", {}).get(k) for k in extra]
             for m in metrics]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import AugmentConfig, TrainConfig
 from ..errors import DatasetError
 
 __all__ = ["Task", "Evaluator", "ClassificationTask", "CLASSIFICATION", "EvalResult", "make_loss"]
@@ -56,11 +56,13 @@ class EvalResult:
 
 
 class Evaluator(Protocol):
-    """Accumulates one pass over a set; `result` gets the summed loss and `reduce`, the
-    sum over processes (identity in one process), so every sample counts once."""
+    """Accumulates one pass over a set. `result` gets this process's summed loss,
+    `reduce` (a tensor summed over processes) and `gather` (a picklable object -> every
+    process's), both identities in one process, so every sample counts once."""
 
     def update(self, output: torch.Tensor, targets: torch.Tensor) -> None: ...
-    def result(self, loss_sum: float, reduce: Callable[[torch.Tensor], torch.Tensor]): ...
+    def result(self, loss_sum: float, reduce: Callable[[torch.Tensor], torch.Tensor],
+               gather: Callable[[object], list]): ...
 
 
 class Task(Protocol):
@@ -72,6 +74,8 @@ class Task(Protocol):
     name: str
 
     def check_config(self, config: TrainConfig) -> None: ...
+    def image_augment(self, augment: AugmentConfig) -> AugmentConfig: ...
+    def augment(self, config: TrainConfig, image_augment: Callable | None) -> Callable | None: ...
     def loss(self, config: TrainConfig) -> Loss: ...
     def check_targets(self, targets: torch.Tensor, num_classes: int, where: str) -> None: ...
     def train_counts(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
@@ -104,7 +108,7 @@ class _Counts:
         c = self.task.eval_counts(output, targets, len(self.classes))
         self.counts = c if self.counts is None else self.counts + c
 
-    def result(self, loss_sum: float, reduce) -> EvalResult:
+    def result(self, loss_sum: float, reduce, gather=None) -> EvalResult:
         k = len(self.classes)
         counts = self.counts if self.counts is not None else self.task.eval_counts(
             torch.zeros(0, k), torch.zeros(0, dtype=torch.int64), k)  # this rank saw no sample
@@ -129,6 +133,14 @@ class ClassificationTask:
 
     def check_config(self, config: TrainConfig) -> None:
         """Every TrainConfig suits classification."""
+
+    def image_augment(self, augment: AugmentConfig) -> AugmentConfig:
+        """The augmentation applied to the images alone: all of it."""
+        return augment
+
+    def augment(self, config: TrainConfig, image_augment: Callable | None) -> Callable | None:
+        """The training batches' augmentation: the image augmentation itself."""
+        return image_augment
 
     def loss(self, config: TrainConfig) -> Loss:
         return make_loss(config)

@@ -168,14 +168,14 @@ class BoxJitter:
     """darknet's detection augmentation (jitter=.2 in yolov2-tiny-voc.cfg): each
     training image is zoomed by a random factor in 1 +- jitter and shifted by up to
     `jitter` of its side, its boxes moved with it (cut at the border; a box left with
-    less than 40% of its area is dropped), and with probability `hflip` mirrored.
-    Applied to the 0..1 batch before normalisation; empty space is black, as the
+    less than 40% of its area is dropped), and with probability `hflip` mirrored;
+    `then` (colour augmentation of the images alone) follows. Applied to the 0..1 batch before normalisation; empty space is black, as the
     letterbox's padding."""
 
     with_targets = True  # Batches passes the box targets along
 
-    def __init__(self, jitter: float = 0.2, hflip: float = 0.0) -> None:
-        self.jitter, self.hflip = jitter, hflip
+    def __init__(self, jitter: float = 0.2, hflip: float = 0.0, then=None) -> None:
+        self.jitter, self.hflip, self.then = jitter, hflip, then
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch.nn.functional as F
@@ -202,6 +202,8 @@ class BoxJitter:
         y[..., 1], y[..., 2] = (x1 + x2) / 2, (y1 + y2) / 2
         y[..., 3], y[..., 4] = x2 - x1, y2 - y1
         y[valid & ~kept] = -1.0
+        if self.then is not None:  # colour changes, which leave the boxes where they are
+            x = self.then(x)
         return x, y
 
 
@@ -255,16 +257,14 @@ def kmeans_anchors(wh: torch.Tensor, k: int = 5, *, iters: int = 100, seed: int 
 
 
 class _MapMeter:
-    """torchmetrics' MeanAveragePrecision over a whole set (it gathers across processes
-    under torch.distributed by itself); the loss is summed by the caller."""
+    """COCO mAP over a whole set with torchmetrics' MeanAveragePrecision. Each process
+    keeps its images' boxes; `result` gathers them (convlab's gather, which knows when
+    a process evaluates alone) and computes once, so torchmetrics never syncs by itself."""
 
     def __init__(self, task: DetectionTask, classes: list[str]) -> None:
-        from torchmetrics.detection import MeanAveragePrecision
-
         self.task, self.classes = task, list(classes)
-        self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
-                                           extended_summary=True, backend="faster_coco_eval")
-        self.n = 0
+        self.preds: list[dict] = []
+        self.truths: list[dict] = []
 
     def update(self, output: torch.Tensor, targets: torch.Tensor) -> None:
         from torchvision.ops import box_convert
@@ -273,22 +273,25 @@ class _MapMeter:
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         dets = decode_grid(output, self.task.anchors, self.task.num_classes, score=EVAL_SCORE,
                            iou=0.5)
-        preds, truths = [], []
         for d, t in zip(dets, targets.cpu()):
             t = t[t[:, 0] >= 0]
-            preds.append({"boxes": d.boxes.cpu() * scale, "scores": d.scores.cpu(),
-                          "labels": d.labels.cpu()})
-            truths.append({"boxes": box_convert(t[:, 1:5].float(), "cxcywh", "xyxy") * scale,
-                           "labels": t[:, 0].long()})
-        self.metric.update(preds, truths)
-        self.n += len(targets)
+            self.preds.append({"boxes": d.boxes.cpu() * scale, "scores": d.scores.cpu(),
+                               "labels": d.labels.cpu()})
+            self.truths.append({"boxes": box_convert(t[:, 1:5].float(), "cxcywh", "xyxy") * scale,
+                                "labels": t[:, 0].long()})
 
-    def result(self, loss_sum: float, reduce) -> DetectionResult:
-        totals = reduce(torch.tensor([loss_sum, float(self.n)], dtype=torch.float64))
+    def result(self, loss_sum: float, reduce, gather) -> DetectionResult:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        totals = reduce(torch.tensor([loss_sum, float(len(self.preds))], dtype=torch.float64))
         n = int(totals[1])
         if n == 0:
             return DetectionResult(0, 0.0, 0.0, 0.0, {}, self.classes)
-        r = self.metric.compute()
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", extended_summary=True,
+                                      backend="faster_coco_eval", sync_on_compute=False)
+        for preds, truths in gather((self.preds, self.truths)):
+            metric.update(preds, truths)
+        r = metric.compute()
         # precision (T iou thresholds, R recall points, K classes, areas, max dets): AP50 per
         # class is the mean over recall at IoU 0.5, all areas, 100 boxes (-1: no such class)
         prec = r["precision"][0, :, :, 0, -1]
@@ -326,19 +329,28 @@ class DetectionTask:
         from ..errors import ConfigError
 
         a = config.augment
-        other = [n for n in ("crop", "resized_crop", "vflip", "translate", "rotate", "erase",
-                             "jitter", "lighting") if getattr(a, n)]
-        if other:
+        moved = [n for n in ("crop", "resized_crop", "vflip", "translate", "rotate", "erase")
+                 if getattr(a, n)]
+        if moved:
             raise ConfigError(f"detection training zooms and shifts every image with its boxes "
-                              f"(darknet's jitter 0.2) and may mirror them (--hflip); other "
-                              f"augmentation is not box-aware yet: {', '.join(other)}")
+                              f"(darknet's jitter 0.2) and may mirror them (--hflip); these move "
+                              f"or hide pixels without their boxes: {', '.join(moved)}; valid "
+                              f"for detection: --hflip, --jitter, --lighting")
         if config.loss != "cross-entropy" or config.label_smoothing:
             raise ConfigError("detection trains with the YOLOv2 region loss; --loss and "
                               "--label-smoothing are for classification")
 
-    def augment(self, config: TrainConfig) -> BoxJitter:
-        """The training batches' augmentation: BoxJitter, with the config's hflip."""
-        return BoxJitter(0.2, config.augment.hflip)
+    def image_augment(self, augment):
+        """The part of the augmentation applied to the pixels alone: colour (jitter,
+        lighting); the mirror moves boxes, so BoxJitter does it."""
+        from dataclasses import replace
+
+        return replace(augment, hflip=0.0)
+
+    def augment(self, config: TrainConfig, image_augment=None) -> BoxJitter:
+        """The training batches' augmentation: BoxJitter (with the config's hflip), then
+        the colour augmentation."""
+        return BoxJitter(0.2, config.augment.hflip, then=image_augment)
 
     def loss(self, config: TrainConfig) -> RegionLoss:
         return RegionLoss(self.anchors, self.num_classes)

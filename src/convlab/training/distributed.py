@@ -72,6 +72,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order (just [obj] in one process, or inside
+    alone())."""
+    if world()[1] > 1:
+        out = [None] * world()[1]
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def barrier() -> None:
     """Wait until every rank gets here (no-op in one process)."""
     if world()[1] > 1:

@@ -54,11 +54,11 @@ def evaluation_data(run: Run) -> tuple[ImageSet, str]:
     if not name:
         raise ConvlabError(f"{run.path}: the run does not name its dataset")
     channels = run.preprocess.channels
-    test = load_test_split(name, channels=channels)
+    size = None if name in list_datasets() else run.preprocess.size[0]  # folders: the run's size
+    test = load_test_split(name, channels=channels, size=size)
     if test is not None:
         return test, "test"
     cfg = TrainConfig.from_dict(run.meta.get("train", {}))
-    size = None if name in list_datasets() else run.preprocess.size[0]  # folders: the run's size
     train, val, _ = prepare_data(name, cfg, channels=channels, size=size)
     return (val, "validation") if val is not None and len(val) else (train, "training")
 

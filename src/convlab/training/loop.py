@@ -103,10 +103,10 @@ def _fit(model, train, val, *, config, preprocess, run_dir, meta, resume, callba
     from ..data.augment import make_augment
     from .regularize import craft_callbacks
     callbacks = [*craft_callbacks(config), *callbacks]
-    if augment is None and hasattr(task, "augment"):  # a task's own (box-aware) augmentation
-        augment = task.augment(config)
-    elif augment is None:
-        augment = make_augment(config.augment, preprocess.size) if preprocess is not None else None
+    if augment is None:  # the image part of config.augment, inside the task's own (box-aware)
+        image_augment = (make_augment(task.image_augment(config.augment), preprocess.size)
+                         if preprocess is not None else None)
+        augment = task.augment(config, image_augment)
     state = TrainState(model, optimizer, config)
     start_epoch = _resume(run_dir, model, optimizer, callbacks, state) if resume else 0
     net = (DistributedDataParallel(twin, device_ids=[device.index] if device.type == "cuda" else None)

@@ -9,7 +9,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import Batches, ImageSet, Preprocess
 from ..tasks import CLASSIFICATION, EvalResult, Task
-from .distributed import all_reduce_sum, world
+from .distributed import all_reduce_sum, gather_objects, world
 
 __all__ = ["EvalResult", "evaluate", "predict_logits", "score_logits"]
 
@@ -23,7 +23,16 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str],
     meter = task.evaluator(list(classes))
     meter.update(logits, labels)
     loss_sum = float(loss_fn(logits, labels)) * len(labels) if len(labels) else 0.0
-    return meter.result(loss_sum, lambda t: t)
+    return meter.result(loss_sum, lambda t: t, lambda o: [o])
+
+
+def _batch_for(batch_size: int, preprocess: Preprocess | None) -> int:
+    """At most `batch_size`, and few enough large images that one batch's activations
+    stay in a few hundred MB (500 MNIST digits, 159 images at 224x224, 46 at 416x416)."""
+    if preprocess is None:
+        return batch_size
+    h, w = preprocess.size
+    return min(batch_size, max(16, 8_000_000 // (h * w)))
 
 
 @torch.inference_mode()
@@ -32,7 +41,8 @@ def predict_logits(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
                    channels_last: bool = False) -> torch.Tensor:
     """Logits (N, K) for every image, in order (one process)."""
     model.eval()
-    outs = [model(x).float() for x, _ in Batches(data, batch_size, preprocess, device=device,
+    outs = [model(x).float() for x, _ in Batches(data, _batch_for(batch_size, preprocess),
+                                                 preprocess, device=device,
                                                  channels_last=channels_last)]
     return torch.cat(outs).cpu()
 
@@ -51,11 +61,11 @@ def evaluate(model: nn.Module, data: ImageSet, preprocess: Preprocess, *,
     model.eval()
     loss_sum = 0.0
     meter = task.evaluator(list(data.classes))
-    batches = Batches(data, batch_size, preprocess, device=device, rank=rank, world_size=size,
-                      channels_last=channels_last)
+    batches = Batches(data, _batch_for(batch_size, preprocess), preprocess, device=device,
+                      rank=rank, world_size=size, channels_last=channels_last)
     for x, y in batches:
         logits = model(x).float()
         meter.update(logits, y)
         loss_sum += float(loss_fn(logits, y)) * len(y)
     model.train(was_training)
-    return meter.result(loss_sum, all_reduce_sum)
+    return meter.result(loss_sum, all_reduce_sum, gather_objects)

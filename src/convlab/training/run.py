@@ -209,15 +209,22 @@ def train(dataset: str | os.PathLike | ImageSet, model: str, config: TrainConfig
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
     train_set, val_set, test_set = prepare_data(dataset, config, channels=channels,
                                                 size=image_size, strict=strict)
+    saved = None
     if resume and out is not None:
         with main_first():  # reading may finish an interrupted save: rank 0 alone does that
             if (out / META_FILE).exists():
                 _check_resume(out, model, train_set.name)
+                saved = read_meta(out)
     torch.manual_seed(config.seed)  # the initial weights follow the seed (same in every process)
     net, preprocess, kwargs = model_for_data(model, train_set, channels=channels,
                                              model_kwargs=model_kwargs, pretrained=pretrained)
+    if saved is not None and isinstance(train_set, DetectionSet):
+        # the run's own detector (its anchors; no BatchNorm when it started --pretrained),
+        # not one made anew from this data and these options
+        kwargs = saved["model"]["kwargs"]
+        net, preprocess = create_model(model, **kwargs), Preprocess.from_dict(saved["preprocess"])
     task = task_for(train_set, kwargs)
-    if config.normalize != "model" and task.name == "classification":  # statistics of the training split, saved in meta.json
+    if config.normalize != "model" and task.name == "classification":  # training split's statistics
         from ..data.augment import normalization
         preprocess = normalization(train_set, preprocess, config.normalize)
     meta = {"model": {"name": model, "kwargs": kwargs},
