@@ -17,11 +17,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .data import Preprocess, decode_image
-from .data.images import letterbox
+from .data.images import letterbox_shape
 from .errors import CheckpointError, ConfigError, ModelError
 from .tasks.detection import DEFAULT_IOU, DEFAULT_SCORE, DetectionTask
 
@@ -85,12 +86,22 @@ class Detector:
         return self.preprocess.channels
 
     def input(self, image: torch.Tensor, size: int | None = None) -> tuple[torch.Tensor, float]:
-        """uint8 (C, H, W) -> (normalised (1, C, H', W'), scale) by the letterbox rule."""
-        from .data import to_channels
+        """uint8 (C, H, W) -> (normalised (1, C, H', W'), scale) by the letterbox rule:
+        the scaled image normalised into the top-left of a canvas of black (normalised)
+        pixels, in one pass (a webcam frame at its own size is not resized at all)."""
+        from .data import resize_images, to_channels
 
         x = to_channels(image[None], self.channels)
-        x, scale = letterbox(x, size or self.size, multiple=_CELL, mode=self.preprocess.interpolation)
-        return self.preprocess.normalize(x.float().div_(255.0)), scale
+        nh, nw, th, tw, scale = letterbox_shape(*x.shape[-2:], size or self.size, _CELL)
+        x = resize_images(x, (nh, nw), self.preprocess.interpolation)
+        # numpy, single-threaded: torch would split these small element-wise passes over
+        # its threads, which costs tens of ms when another process holds a core
+        mean = np.asarray(self.preprocess.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.preprocess.std, np.float32).reshape(-1, 1, 1)
+        out = np.empty((1, self.channels, th, tw), np.float32)
+        out[0] = -mean / std
+        out[0, :, :nh, :nw] = x[0].numpy() * (1 / (255.0 * std)) - mean / std
+        return torch.from_numpy(out), scale
 
     @torch.inference_mode()
     def grid(self, x: torch.Tensor) -> torch.Tensor:

@@ -160,6 +160,9 @@ class OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # ONNX Runtime's threads otherwise spin for a while after each run, taking the
+        # cores from the torch work around it (a detector's letterbox took 45 ms, not 1)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:

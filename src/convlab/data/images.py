@@ -99,18 +99,26 @@ def resize_images(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
     return y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
 
 
+def letterbox_shape(h: int, w: int, size: int, multiple: int | None = None
+                    ) -> tuple[int, int, int, int, float]:
+    """The letterbox rule's geometry for an h x w image: (scaled h, scaled w, padded h,
+    padded w, scale). The longer side becomes `size`; the padding reaches a `size` x
+    `size` square, or with `multiple` the next multiples of it."""
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    th, tw = (size, size) if multiple is None else (-(-nh // multiple) * multiple,
+                                                    -(-nw // multiple) * multiple)
+    return nh, nw, th, tw, scale
+
+
 def letterbox(x: torch.Tensor, size: int, multiple: int | None = None,
               mode: str = "bilinear") -> tuple[torch.Tensor, float]:
     """A detector's input rule (face-api's): scale (N, C, H, W) so the longer side is
     `size` and pad the bottom/right with zeros, to a `size` x `size` square, or with
     `multiple` to the next multiples of it (a 320x240 frame -> 320x256 for a stride-32
     grid). Returns (image, scale); a box in input pixels / scale is in the original's."""
-    h, w = x.shape[-2:]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw, th, tw, scale = letterbox_shape(*x.shape[-2:], size, multiple)
     x = resize_images(x, (nh, nw), mode)
-    th, tw = (size, size) if multiple is None else (-(-nh // multiple) * multiple,
-                                                    -(-nw // multiple) * multiple)
     return F.pad(x, (0, tw - nw, 0, th - nh)), scale
 
 
