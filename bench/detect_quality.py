@@ -15,12 +15,14 @@ two ways:
 - found: faces matched one-to-one (best score first) by a box at IoU >= 0.5 among the
   boxes it gives at its default threshold (recall), and how many boxes were false;
   found_iou_0.3 the same at IoU >= 0.3, which tells a face missed from a box drawn
-  looser than the labels' tight convention.
+  looser than the labels' tight convention;
+- every_face_at: the highest score threshold at which every face has a box at IoU >= 0.5
+  (None: some face has none at any score), with the false boxes at that threshold.
 
 The detectors:
 
 - tiny_face (ours): convlab.detect.load_detector('tiny_face') at input sizes 416 (its
-  default) and 608, boxes down to score 0.005 (the detection task's EVAL_SCORE); found
+  default), 608 and 704, boxes down to score 0.005 (the detection task's EVAL_SCORE); found
   at its default score 0.5.
 - haar: cv2 haarcascade_frontalface_default.xml, detectMultiScale3 with OpenCV's
   defaults (scaleFactor 1.1, minNeighbors 3) and outputRejectLevels=True; a box's score
@@ -37,7 +39,7 @@ A second part, AP50 on the held-out split of the built-in detection dataset for 
 detector trained here (--run RUN_DIR), is skipped with the reason printed while that
 dataset or run is not available. Prints one JSON line.
 
-    .venv/bin/python bench/detect_quality.py [--sizes 416 608] [--run RUN_DIR]
+    .venv/bin/python bench/detect_quality.py [--sizes 416 608 704] [--run RUN_DIR]
 """
 from __future__ import annotations
 
@@ -72,13 +74,18 @@ def score(data, predict, found_at) -> dict:
     scoring at least `found_at`."""
     import torch
     from torchmetrics.detection import MeanAveragePrecision
+    from torchvision.ops import box_iou
 
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5],
                                   backend="faster_coco_eval")
     found = loose = kept = 0
+    needed, ranked = [], []  # each face's best score at IoU >= 0.5; every box's (score, true?)
     t = time.perf_counter()
     for path, truth in data:
         boxes, scores = predict(path)
+        hits = box_iou(truth, boxes) >= 0.5 if len(boxes) else torch.zeros(len(truth), 0, dtype=torch.bool)
+        needed += [float(scores[h].max()) if h.any() else None for h in hits]
+        ranked += list(zip(scores.tolist(), hits.any(0).tolist()))
         metric.update([{"boxes": boxes, "scores": scores, "labels": torch.zeros(len(boxes), dtype=torch.long)}],
                       [{"boxes": truth, "labels": torch.zeros(len(truth), dtype=torch.long)}])
         shown = scores >= found_at
@@ -87,8 +94,12 @@ def score(data, predict, found_at) -> dict:
         kept += int(shown.sum())
     seconds = time.perf_counter() - t
     faces = sum(len(t) for _, t in data)
-    return {"ap50": round(float(metric.compute()["map_50"]), 4), "found": found, "faces": faces,
-            "false_boxes": kept - found, "recall": round(found / faces, 4), "found_iou_0.3": loose,
+    every = None if None in needed else min(needed)
+    return {"ap50": round(float(metric.compute()["map_50"]), 4), "faces": faces, "found": found,
+            "recall": round(found / faces, 4), "found_iou_0.3": loose, "false_boxes": kept - found,
+            "every_face_at": None if every is None else round(every, 3),
+            "false_boxes_then": None if every is None else sum(s >= every and not hit
+                                                               for s, hit in ranked),
             "seconds_per_photo": round(seconds / len(data), 3)}
 
 
@@ -200,7 +211,7 @@ def trained_detector_ap50(run: str | None) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[416, 608],
+    ap.add_argument("--sizes", type=int, nargs="+", default=[416, 608, 704],
                     help="tiny_face input sizes to score (multiples of 32)")
     ap.add_argument("--run", default=None,
                     help=f"a detection run trained on {DETECTION_DATASET} (part 2)")
