@@ -18,7 +18,7 @@ from PIL import Image
 from test_web_browser import env  # noqa: F401 (a fixture: the teach server's environment)
 from test_web_browser import ARTIFACTS, CHROMIUM, launch, start_server, stop_server
 
-from convlab.errors import NotFound
+from convlab.errors import ModelError
 from convlab.web import create_app
 
 
@@ -28,7 +28,7 @@ def face_api_photo(name: str) -> Path:
 
     try:
         return face_api_dir() / "demo" / name
-    except NotFound as exc:
+    except ModelError as exc:
         pytest.skip(f"needs the face-api npm package: {exc}")
 
 

