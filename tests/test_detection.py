@@ -249,6 +249,8 @@ def test_detection_run_trains_evaluates_predicts_exports_and_detects(tmp_path, c
     from convlab.predict import Predictor
     with pytest.raises(CheckpointError, match="detection run"):
         Predictor(run)
+    assert main(["classify", "--model", str(run), str(image)]) != 0
+    assert "is a detection run: use convlab detect IMAGE --model" in capsys.readouterr().err
 
 
 def test_a_classifier_run_is_refused_by_detect(tmp_path, capsys):

@@ -14,9 +14,19 @@ __all__ = ["register"]
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..data import decode_image
+    from ..errors import ConfigError
     from ..predict import classify_images
 
+    if (Path(args.model) / "meta.json").is_file():  # a run directory, not a model name
+        from ..checkpoint import read_meta
+        task = read_meta(args.model).get("task", "classification")
+        how = (f"convlab detect IMAGE --model {args.model}" if task == "detection"
+               else f"convlab predict {args.model} IMAGE")
+        raise ConfigError(f"classify takes a pretrained ImageNet model by name; {args.model} is "
+                          f"a {task} run: use {how}")
     images = [decode_image(p, 3) for p in args.images]
     for path, top in zip(args.images, classify_images(images, args.model, top=args.top,
                                                       weights=args.weights)):
