@@ -54,7 +54,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(result_json(results))
     else:
         n = len(args.images)
-        print(f"{det.name} ({det.backend}, {det.size}px): {sum(len(b) for _, b in results)} boxes "
+        k = sum(len(b) for _, b in results)
+        print(f"{det.name} ({det.backend}, {det.size}px): {k} box{'es' if k != 1 else ''} "
               f"in {n} image{'s' if n != 1 else ''}, {1000 * seconds / n:.0f} ms per image")
         if out is not None:
             print(f"pictures with boxes in {out}")

@@ -76,7 +76,7 @@ def plot_history(metrics: Sequence[dict], path: str | os.PathLike, title: str = 
             ax.plot(*zip(*val), "s-", color="C1", label="validation", ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
-        ax.set_title(name[0].upper() + name[1:])
+        ax.set_title(name.capitalize() if name.islower() else name)  # 'Loss', 'mAP50'
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     if rates:
