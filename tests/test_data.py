@@ -113,7 +113,7 @@ def test_cifar_refuses_foreign_pickles(tmp_path):
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(DatasetError, match=r"did you mean fashion-mnist\?.*valid: cifar10, digits"):
+    with pytest.raises(DatasetError, match=r"did you mean fashion-mnist\?.*valid: cifar10, digit-boxes, digits"):
         load_dataset("fashion-mnst")
 
 
