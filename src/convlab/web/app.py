@@ -6,7 +6,6 @@ training runs in its own thread per project (see learn.Jobs).
 """
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -26,7 +25,7 @@ from .learn import (HEADS, IMAGENET_MODEL, ImagenetPreview, Jobs, OnnxBackbones,
                     TorchBackbone, TrainOptions, export_project)
 from .looks import WhereItLooks
 from .security import Guard
-from .store import ACCEPTED_FORMATS, DEFAULT_BACKBONE, Limits, Store, check_name
+from .store import DEFAULT_BACKBONE, Limits, Store, check_name, uploaded_image
 
 __all__ = ["create_app", "HTTP_STATUS", "http_status", "FaceDetection"]
 
@@ -349,29 +348,6 @@ class FaceDetection:
         return {"boxes": [b.to_dict() for b in boxes], "width": img.shape[2],
                 "height": img.shape[1], "ms": round(ms, 1), "size": size, "score": score,
                 "engine": "onnxruntime" if det.backend == "onnx" else "torch"}
-
-
-def uploaded_image(data: bytes, limits: Limits) -> torch.Tensor:
-    """An uploaded image file at its own size, uint8 (3, H, W), after the checks every
-    upload gets (store.canonical_image's): its bytes, its type from its content, its
-    pixel count from its header before anything is decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    from ..data import decode_image
-
-    if len(data) > limits.file_bytes:
-        raise TooLarge(f"file of {len(data):,} bytes is over the limit of {limits.file_bytes:,}")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, (w, h) = img.format, img.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise UnsupportedImage("not an image file; accepted: JPEG, PNG, WebP, GIF") from None
-    if fmt not in ACCEPTED_FORMATS:
-        raise UnsupportedImage(f"{fmt} images are not accepted; accepted: "
-                               f"{', '.join(ACCEPTED_FORMATS.values())}")
-    if w * h > limits.pixels:
-        raise TooLarge(f"{w}x{h} image is over the limit of {limits.pixels:,} pixels")
-    return decode_image(data, 3)
 
 
 def _detect_routes(faces: FaceDetection) -> APIRouter:

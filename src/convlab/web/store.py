@@ -35,7 +35,7 @@ from ..errors import (ConfigError, Conflict, ConvlabError, DatasetError, NotFoun
                       UnsupportedImage, unknown)
 
 __all__ = ["Store", "Limits", "SAMPLE_SIZE", "DEFAULT_BACKBONE", "check_name", "check_backbone",
-           "canonical_image", "embedding_keys"]
+           "canonical_image", "uploaded_image", "embedding_keys"]
 
 # The backbone of a project created without a choice, and of every project made before
 # projects had one (they were all trained on it).
@@ -111,8 +111,8 @@ def check_backbone(name: object) -> str:
     return str(name)
 
 
-def canonical_image(data: bytes, limits: Limits) -> torch.Tensor:
-    """Check an uploaded file by its content and decode it to uint8 (3, 256, 256).
+def uploaded_image(data: bytes, limits: Limits) -> torch.Tensor:
+    """Check an uploaded file by its content and decode it at its own size, uint8 (3, H, W).
 
     The type comes from the bytes (JPEG, PNG, WebP or GIF; a GIF gives its first
     frame), never from a file name; the pixel count is checked from the header
@@ -130,8 +130,13 @@ def canonical_image(data: bytes, limits: Limits) -> torch.Tensor:
                                f"{', '.join(ACCEPTED_FORMATS.values())}")
     if w * h > limits.pixels:
         raise TooLarge(f"{w}x{h} image is over the limit of {limits.pixels:,} pixels")
-    img = decode_image(data, channels=3)                       # (3, h, w)
-    return _CANONICAL.fit(img[None])[0]                        # (3, 256, 256)
+    return decode_image(data, channels=3)                      # (3, h, w)
+
+
+def canonical_image(data: bytes, limits: Limits) -> torch.Tensor:
+    """An uploaded file checked and decoded (uploaded_image), brought to the stored
+    uint8 (3, 256, 256)."""
+    return _CANONICAL.fit(uploaded_image(data, limits)[None])[0]
 
 
 def embedding_keys(shas: list[str]) -> np.ndarray:
