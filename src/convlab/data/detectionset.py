@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DatasetError
+from .imageset import ImagesHeld
 
 __all__ = ["DetectionSet", "pad_boxes", "check_boxes"]
 
@@ -44,7 +45,7 @@ def check_boxes(rows: torch.Tensor, num_classes: int, where: str) -> None:
 
 
 @dataclass
-class DetectionSet:
+class DetectionSet(ImagesHeld):
     """Images as uint8 (N, C, S, S) (letterboxed to one square size), box targets
     (N, M, 5) and the class names."""
 
@@ -65,17 +66,6 @@ class DetectionSet:
                                f"got {tuple(self.labels.shape)}")
         self.labels = self.labels.float()
         check_boxes(self.labels[self.labels[..., 0] >= 0], len(self.classes), self.name or "boxes")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def rows(self) -> torch.Tensor:
         """Every box of the set, (B, 5)."""
@@ -106,9 +96,6 @@ class DetectionSet:
     def few_shot(self, k: int, seed: int = 0) -> DetectionSet:
         raise DatasetError("few-shot selection picks k images per class; a detection set's "
                            "images hold several classes each, so it has none")
-
-    def head(self, n: int) -> DetectionSet:
-        return self.subset(torch.arange(min(n, len(self))))
 
     def describe(self) -> str:
         c, h, w = self.shape

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["ImageSet", "stratified_split", "check_labels"]
+__all__ = ["ImageSet", "ImagesHeld", "stratified_split", "check_labels"]
 
 
 def stratified_split(labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int = 0
@@ -42,8 +42,29 @@ def check_labels(labels: torch.Tensor, n: int, num_classes: int, what: str) -> N
                            f"classes; found {int(labels.min())}..{int(labels.max())}")
 
 
+class ImagesHeld:
+    """What every in-memory set of images (ImageSet, DetectionSet) has: `images` uint8
+    (N, C, H, W), `classes`, and `subset(index)`."""
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def head(self, n: int):
+        """The first n images."""
+        return self.subset(torch.arange(min(n, len(self))))
+
+
 @dataclass
-class ImageSet:
+class ImageSet(ImagesHeld):
     """Images as uint8 (N, C, H, W), labels as int64 (N,), and the class names.
 
     `name` says where the images came from (a dataset name or a folder) and travels
@@ -62,18 +83,6 @@ class ImageSet:
                 f"ImageSet images must be uint8 (N, C, H, W); got {self.images.dtype} "
                 f"with shape {tuple(self.images.shape)}")
         check_labels(self.labels, len(self.images), len(self.classes), "ImageSet")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def class_counts(self) -> torch.Tensor:
         """Images per class, int64 (num_classes,)."""
@@ -106,10 +115,6 @@ class ImageSet:
             idx = torch.nonzero(self.labels == c).flatten()
             picked.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
         return self.subset(torch.cat(picked).sort().values)
-
-    def head(self, n: int) -> ImageSet:
-        """The first n images."""
-        return self.subset(torch.arange(min(n, len(self))))
 
     def describe(self) -> str:
         c, h, w = self.shape
