@@ -92,3 +92,15 @@ def write_folder(root, n_per_class: int = 6, classes=("cat", "dog"), size: int =
         for i in range(n_per_class):
             arr = (rng.random((size, size, 3)) * 50).astype(np.uint8) + np.array(colours[c % 4], np.uint8) // 2
             Image.fromarray(arr, "RGB").convert(mode).save(d / f"{i}.png")
+
+
+def face_api_folder() -> Path:
+    """The installed face-api npm package (its model/ and demo/ photos); skips the test
+    without it."""
+    from convlab.errors import ConvlabError
+    from convlab.models.detector import face_api_dir
+
+    try:
+        return face_api_dir()
+    except ConvlabError as exc:
+        pytest.skip(f"needs the face-api npm package: {exc}")

@@ -12,19 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import face_api_folder
 from convlab.cli import main
 from convlab.config import AugmentConfig, TrainConfig
 from convlab.data import load_dataset
 from convlab.errors import CheckpointError, ConfigError, DatasetError, ModelError
-from convlab.models.detector import FACE_ANCHORS, TinyYoloDetector, face_api_dir, head_channels
+from convlab.models.detector import FACE_ANCHORS, TinyYoloDetector, head_channels
 from convlab.tasks.detection import DetectionTask, RegionLoss, decode_grid, kmeans_anchors
-
-
-def _face_api() -> Path:
-    try:
-        return face_api_dir()
-    except ModelError as exc:
-        pytest.skip(str(exc))
 
 
 # ------------------------------------------------------------------ pretrained weights
@@ -32,7 +26,7 @@ def _face_api() -> Path:
 def test_face_api_weights_find_the_face_of_a_known_photo():
     from convlab.detect import load_detector
 
-    photo = _face_api() / "demo" / "sample2.jpg"
+    photo = face_api_folder() / "demo" / "sample2.jpg"
     boxes = load_detector("tiny_face").detect(photo)
     assert len(boxes) == 1 and boxes[0].label == "face"
     # the one output checked by eye: the face in the upper right of the 1920x1367 photo
@@ -46,7 +40,7 @@ def test_face_api_weights_find_the_face_of_a_known_photo():
 def test_face_api_loading_is_strict_and_checked(tmp_path, monkeypatch):
     from convlab.models.detector import face_api_state, load_face_api
 
-    src = _face_api()
+    src = face_api_folder()
     state = face_api_state()
     assert sum(t.numel() for t in state.values()) == 193_321
     assert state["conv1.depthwise.weight"].shape == (16, 1, 3, 3)
@@ -286,7 +280,7 @@ def test_json_keeps_paths_and_puts_each_box_on_a_line():
 
 
 def test_save_labels_writes_a_yolo_folder_that_loads(tmp_path, capsys):
-    photo = _face_api() / "demo" / "sample2.jpg"
+    photo = face_api_folder() / "demo" / "sample2.jpg"
     out = tmp_path / "auto"
     assert main(["detect", str(photo), "--save-labels", str(out), "--out", str(tmp_path / "drawn")]) == 0
     assert (tmp_path / "drawn" / "sample2.jpg").is_file()

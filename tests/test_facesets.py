@@ -3,14 +3,14 @@ tiny_face detector finds of them."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from conftest import face_api_folder
 from convlab.data.facesets import FACE_DEMO_LABELS, load_face_demo
-from convlab.errors import ConvlabError, DatasetError
+from convlab.errors import DatasetError
 
 FACES = 22  # 3 + 3 + 3 + 4 + 5 + 4, counted by eye
 # what the detector at its defaults (416, score 0.5, NMS IoU 0.4) reaches at IoU >= 0.5:
@@ -18,15 +18,6 @@ FACES = 22  # 3 + 3 + 3 + 4 + 5 + 4, counted by eye
 # another's), and its boxes, wider and lower than tight face boxes, reach only
 # IoU 0.45..0.49 on 4 more (bench/detect_quality.py has the figures)
 FOUND_AT_DEFAULTS = 15
-
-
-def _face_api() -> Path:
-    from convlab.models.detector import face_api_dir
-
-    try:
-        return face_api_dir()
-    except ConvlabError as exc:
-        pytest.skip(str(exc))
 
 
 def test_labels_file_is_well_formed():
@@ -43,7 +34,7 @@ def test_labels_file_is_well_formed():
 
 
 def test_load_face_demo_gives_boxes_inside_each_photo():
-    data = load_face_demo(_face_api())
+    data = load_face_demo(face_api_folder())
     assert [p.name for p, _ in data] == [f"sample{i}.jpg" for i in range(1, 7)]
     assert sum(len(b) for _, b in data) == FACES
     for path, boxes in data:
@@ -68,7 +59,7 @@ def test_pretrained_detector_finds_the_labelled_faces():
 
     det = load_detector("tiny_face")
     best = []
-    for path, truth in load_face_demo(_face_api()):
+    for path, truth in load_face_demo(face_api_folder()):
         boxes = det.detect(path)
         pred = torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in boxes]).reshape(-1, 4)
         best += box_iou(truth, pred).max(1).values.tolist() if len(pred) else [0.0] * len(truth)

@@ -18,18 +18,13 @@ from PIL import Image
 from test_web_browser import env  # noqa: F401 (a fixture: the teach server's environment)
 from test_web_browser import ARTIFACTS, CHROMIUM, launch, start_server, stop_server
 
-from convlab.errors import ModelError
+from conftest import face_api_folder
 from convlab.web import create_app
 
 
 def face_api_photo(name: str) -> Path:
     """One of face-api's demo photos (1920 pixels wide); skips without the package."""
-    from convlab.models.detector import face_api_dir
-
-    try:
-        return face_api_dir() / "demo" / name
-    except ModelError as exc:
-        pytest.skip(f"needs the face-api npm package: {exc}")
+    return face_api_folder() / "demo" / name
 
 
 def jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
