@@ -44,6 +44,10 @@ class EvalResult:
         """The number the epoch line and early stopping follow (higher is better)."""
         return self.top1
 
+    def epoch_extras(self) -> dict:
+        """Numbers for the epoch line besides val_loss and the score: none."""
+        return {}
+
     def summary(self) -> dict:
         """The test entry of a run's meta.json."""
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "n": self.n}
@@ -69,7 +73,7 @@ class Task(Protocol):
     """What the pipeline asks of a task. Training counts are float64 tensors summed over
     batches (and over processes under torch.distributed); evaluation goes through the
     task's Evaluator, whose result has `score` (higher is better), `headline` (its
-    name), `summary()` and `to_dict()`."""
+    name), `epoch_extras()`, `summary()` and `to_dict()`."""
 
     name: str
 

@@ -56,6 +56,10 @@ class DetectionResult:
         """The number the epoch line and early stopping follow (higher is better)."""
         return self.map50
 
+    def epoch_extras(self) -> dict:
+        """Numbers for the epoch line besides val_loss and the score (mAP50)."""
+        return {"val_mAP50-95": self.map50_95}
+
     def summary(self) -> dict:
         """The test entry of a run's meta.json."""
         return {"mAP50": self.map50, "mAP50_95": self.map50_95, "loss": self.loss, "n": self.n}

@@ -225,8 +225,7 @@ def _epoch_stats(state: TrainState, model: nn.Module, val, loss_sum: torch.Tenso
         r = evaluate(model, val, preprocess, device=device, channels_last=channels_last,
                      loss_fn=loss_fn, task=task)
         val_loss, val_acc, headline = r.loss, r.score, r.headline
-        if hasattr(r, "map50_95"):  # detection's second number, as the Keras line shows it
-            extra["val_mAP50-95"] = r.map50_95
+        extra.update(r.epoch_extras())
     return EpochStats(state.epoch, float(totals[0] / totals[1]), train_metrics.get("acc"), val_loss,
                       val_acc, float(state.optimizer.param_groups[0]["lr"]),
                       time.perf_counter() - t0, extra, headline)
